@@ -1,0 +1,331 @@
+"""The command line: parse, call, print. Human output by default, ``--json`` for machines.
+
+Every :class:`~treeship.errors.TreeshipError` becomes one line on stderr and its exit
+code (the table is in :mod:`treeship.errors` and docs/cli.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import EXIT_CODES, ProvenanceError, TreeshipError, UsageError, VerificationError
+
+DEFAULT_REPO = "./releases"
+
+repo_option = click.option(
+    "--repo", "repo_path", envvar="TREESHIP_REPO", default=DEFAULT_REPO, show_default=True,
+    show_envvar=True, type=click.Path(file_okay=False, path_type=str),
+    help="The releases repository (an OSTree repo).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object for machines.")
+
+
+def _emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """Files and bytes stored so far, on a terminal only (stderr), quiet when piped."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    lock = threading.Lock()
+    counts = [0, 0]
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[detail]}"),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("storing files", detail="")
+
+        def advance(files: int, nbytes: int) -> None:
+            with lock:
+                counts[0] += files
+                counts[1] += nbytes
+                detail = f"{counts[0]} files, {_human_bytes(counts[1])}"
+            bar.update(task, detail=detail)
+
+        yield advance
+
+
+class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # in the order of the data flow, not alphabetical
+
+
+EPILOG = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
+
+
+@click.group(cls=_Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
+                                                          "max_content_width": 100})
+@click.version_option(__version__, prog_name="treeship")
+def cli() -> None:
+    """Release build outputs as signed OSTree commits that carry their provenance.
+
+    \b
+    Typical use:
+      treeship release ./sysroot --branch stage3-sysroot/x86_64 --version 2026.11 \\
+          --provenance provenance.json --gpg-sign KEYID --sign-ed25519 release.secret
+      treeship log stage3-sysroot/x86_64
+      treeship show stage3-sysroot/x86_64 --provenance --format yaml
+      treeship verify stage3-sysroot/x86_64 --ed25519-pubkey release.pub
+
+    The repository is ./releases unless --repo or $TREESHIP_REPO says otherwise.
+    """
+
+
+@cli.command()
+@repo_option
+@click.option("--mode", type=click.Choice(["archive", "bare-user"]), default="archive", show_default=True,
+              help="archive serves over HTTP; bare-user suits local checkouts.")
+@click.option("--collection-id", help="Collection ID (reverse DNS, e.g. org.example.Releases).")
+@json_option
+def init(repo_path: str, mode: str, collection_id: str | None, as_json: bool) -> None:
+    """Create a releases repository (nothing happens if one is already there)."""
+    from .repo import Repo
+
+    if Repo.is_repo(repo_path):
+        repo = Repo.open(repo_path)
+        if repo.mode != mode:
+            raise UsageError(f"{repo_path}: already a repository in {repo.mode} mode, not {mode}")
+        created = False
+    else:
+        repo = Repo.create(repo_path, mode, collection_id)
+        created = True
+    if as_json:
+        _emit_json({"repo": str(repo.path), "mode": repo.mode, "collection_id": repo.collection_id,
+                    "created": created})
+    else:
+        verb = "Created" if created else "Already there:"
+        click.echo(f"{verb} {repo.mode} repository {repo.path}")
+
+
+@cli.command()
+@click.argument("source", required=False, type=click.Path(path_type=str))
+@click.option("--branch", "-b", required=True, help="Branch to release on, e.g. stage3-sysroot/x86_64.")
+@repo_option
+@click.option("--version", "version", help="Release version (metadata 'version'). Default: UTC timestamp.")
+@click.option("--provenance", "provenance_file", type=click.Path(dir_okay=False, path_type=str),
+              help="Provenance manifest (JSON or YAML, schema treeship.provenance/v1).")
+@click.option("--subject", help="Commit subject. Default: 'BRANCH VERSION'.")
+@click.option("--body", default="", help="Commit body text.")
+@click.option("--gpg-sign", "gpg_keys", multiple=True, metavar="KEYID", help="Sign with this GPG key (repeatable).")
+@click.option("--gpg-homedir", type=click.Path(file_okay=False, path_type=str), help="GnuPG home for --gpg-sign.")
+@click.option("--sign-ed25519", "ed25519_files", multiple=True, metavar="SECRET_FILE",
+              type=click.Path(dir_okay=False, path_type=str),
+              help="Sign with this ed25519 secret key file, ostree sign format (repeatable).")
+@click.option("--manifest-path", metavar="PATH_IN_TREE",
+              help="Also write the provenance JSON into the released tree at this path.")
+@click.option("--keep-ownership", is_flag=True,
+              help="Keep file owners, modes and xattrs instead of root-owned canonical permissions.")
+@click.option("--allow-unchanged", is_flag=True, help="Release even if the tree equals the branch head.")
+@json_option
+def release(source: str | None, branch: str, repo_path: str, version: str | None, provenance_file: str | None,
+            subject: str | None, body: str, gpg_keys: tuple[str, ...], gpg_homedir: str | None,
+            ed25519_files: tuple[str, ...], manifest_path: str | None, keep_ownership: bool,
+            allow_unchanged: bool, as_json: bool) -> None:
+    """Release SOURCE (a directory or .tar/.tar.gz/.tar.xz/.tar.zst) on a branch.
+
+    The commit's parent is the branch head; its metadata carries the version, the
+    ostree.ref-binding, and the provenance, so every signature covers them. The branch
+    moves only after the commit and all its signatures are written. The repository is
+    created (archive mode) if missing.
+    """
+    from . import provenance
+    from .release import ReleaseOptions
+    from .release import release as do_release
+
+    if source is None:
+        raise UsageError("missing SOURCE: a directory or a tar archive to release")
+    if manifest_path and not provenance_file:
+        raise UsageError("--manifest-path needs --provenance")
+    manifest = provenance.load_file(provenance_file) if provenance_file else None
+    opts = ReleaseOptions(
+        source=source, branch=branch, repo=repo_path, version=version, manifest=manifest, subject=subject,
+        body=body, gpg_keys=list(gpg_keys), gpg_homedir=gpg_homedir, ed25519_secret_files=list(ed25519_files),
+        manifest_path=manifest_path, keep_ownership=keep_ownership, allow_unchanged=allow_unchanged)
+    with _progress(not as_json) as progress:
+        result = do_release(opts, progress)
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    click.echo(f"Released {result.branch} {result.version} as {result.commit}")
+    click.echo(f"  parent:     {result.parent or '(none: first release on this branch)'}")
+    click.echo(f"  tree:       {result.files} files, {_human_bytes(result.bytes)} in {result.seconds:.1f} s")
+    if manifest:
+        click.echo(f"  provenance: {result.elements} elements")
+    sigs = ", ".join(f"{s['type']} {s['key']}" for s in result.signatures) or "unsigned"
+    click.echo(f"  signed:     {sigs}")
+
+
+@cli.command()
+@click.argument("branch")
+@repo_option
+@click.option("-n", "--max-count", type=click.IntRange(min=1), help="Show at most this many releases.")
+@json_option
+def log(branch: str, repo_path: str, max_count: int | None, as_json: bool) -> None:
+    """The releases on BRANCH, newest first."""
+    from . import history
+    from .repo import Repo
+
+    records = history.log(Repo.open(repo_path), branch, max_count)
+    if as_json:
+        _emit_json({"branch": branch, "releases": [r.to_dict() for r in records]})
+        return
+    click.echo(f"{'COMMIT':<12}  {'VERSION':<18} {'DATE':<20} {'SIGNED':<14} SUBJECT")
+    for r in records:
+        kinds = [f"gpg×{r.gpg_signatures}" if r.gpg_signatures else "",
+                 f"ed25519×{r.ed25519_signatures}" if r.ed25519_signatures else ""]
+        signed = ",".join(k for k in kinds if k) or "no"
+        click.echo(f"{r.commit[:12]}  {str(r.version or '-'):<18} {r.date:<20} {signed:<14} {r.subject}")
+
+
+@cli.command()
+@click.argument("ref")
+@repo_option
+@click.option("--provenance", "only_provenance", is_flag=True, help="Print only the provenance manifest.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text", show_default=True)
+def show(ref: str, repo_path: str, only_provenance: bool, fmt: str) -> None:
+    """One release (REF: a branch, BRANCH^, or a commit checksum)."""
+    from . import history, provenance
+    from .repo import Repo
+
+    repo = Repo.open(repo_path)
+    if only_provenance:
+        data = history.provenance(repo, ref)
+        if data is None:
+            raise ProvenanceError(f"{ref}: this release carries no provenance manifest")
+        out = {"json": provenance.dumps_json, "yaml": provenance.dumps_yaml, "text": provenance.render_text}[fmt](data)
+        click.echo(out, nl=False)
+        return
+    rec = history.record(repo, repo.require(ref))
+    if fmt == "json":
+        _emit_json(rec.to_dict())
+        return
+    if fmt == "yaml":
+        click.echo(provenance.dumps_yaml(rec.to_dict()), nl=False)
+        return
+    click.echo(f"commit   {rec.commit}")
+    click.echo(f"version  {rec.version or '-'}")
+    click.echo(f"date     {rec.date}")
+    click.echo(f"branch   {', '.join(rec.ref_binding) or '-'} (ostree.ref-binding)")
+    click.echo(f"parent   {rec.parent or '-'}")
+    click.echo(f"signed   {rec.gpg_signatures} GPG, {rec.ed25519_signatures} ed25519")
+    prov = rec.metadata.get("treeship.provenance")
+    if prov is not None:
+        n = len(provenance.parse_stored(prov, ref).get("elements", []))
+        click.echo(f"provenance {n} elements (treeship show {ref} --provenance)")
+    click.echo("")
+    click.echo(f"    {rec.subject}")
+    if rec.body:
+        click.echo("")
+        for line in rec.body.splitlines():
+            click.echo(f"    {line}")
+
+
+@cli.command()
+@click.argument("ref")
+@repo_option
+@click.option("--gpg-homedir", type=click.Path(file_okay=False, path_type=str),
+              help="Trust the public keys of this GnuPG home.")
+@click.option("--gpg-keyring", type=click.Path(dir_okay=False, path_type=str),
+              help="Trust the keys of this GPG keyring file.")
+@click.option("--ed25519-pubkey", "ed25519_keys", multiple=True, metavar="KEY_OR_FILE",
+              help="Trust this ed25519 public key (base64, or a file of them; repeatable).")
+@json_option
+def verify(ref: str, repo_path: str, gpg_homedir: str | None, gpg_keyring: str | None,
+           ed25519_keys: tuple[str, ...], as_json: bool) -> None:
+    """Check REF's signatures: exit 0 only if one is good and none is bad.
+
+    A signature by a key you did not give is reported but neither good nor bad.
+    """
+    from . import signing
+    from .repo import Repo
+
+    if gpg_homedir and gpg_keyring:
+        raise UsageError("give --gpg-homedir or --gpg-keyring, not both")
+    if not (gpg_homedir or gpg_keyring or ed25519_keys):
+        raise UsageError("nothing to trust: give --gpg-homedir, --gpg-keyring or --ed25519-pubkey")
+    pubkeys = [k for spec in ed25519_keys for k in signing.load_ed25519_public(spec)]
+    repo = Repo.open(repo_path)
+    checksum = repo.require(ref)
+    result = signing.verify(repo, checksum, gpg_homedir=gpg_homedir, gpg_keyring=gpg_keyring,
+                            ed25519_keys=pubkeys)
+    if as_json:
+        _emit_json({"ref": ref, "commit": checksum, "ok": result.ok,
+                    "signatures": [s.to_dict() for s in result.signatures]})
+    else:
+        click.echo(f"commit {checksum}")
+        if not result.signatures:
+            click.echo("  no signatures")
+        for s in result.signatures:
+            who = f"{s.signer} ({s.key})" if s.signer else s.key or "?"
+            label = {"good": "Good", "bad": "BAD", "unknown-key": "Unverified"}[s.status]
+            detail = f": {s.detail}" if s.detail else ""
+            click.echo(f"  {label} {s.type} signature by {who}{detail}")
+    if not result.ok:
+        if result.bad:
+            raise VerificationError(f"{ref}: {len(result.bad)} bad signature(s)")
+        raise VerificationError(f"{ref}: no signature by a trusted key")
+
+
+@cli.command()
+@click.argument("prefix", type=click.Path(dir_okay=False, path_type=str))
+@json_option
+def keygen(prefix: str, as_json: bool) -> None:
+    """Make an ed25519 key pair: PREFIX.secret and PREFIX.pub (ostree sign formats)."""
+    from . import signing
+
+    secret, public = signing.generate_ed25519(prefix)
+    pub = public.read_text().strip()
+    if as_json:
+        _emit_json({"secret": str(secret), "public": str(public), "public_key": pub})
+    else:
+        click.echo(f"Wrote {secret} (keep it secret) and {public}")
+        click.echo(f"Public key: {pub}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning known errors into one line and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="treeship", standalone_mode=False)
+    except TreeshipError as e:
+        click.echo(f"treeship: error: {e.message}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("treeship: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("treeship: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        os._exit(0)
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if os.environ.get("TREESHIP_DEBUG"):
+            raise
+        click.echo(f"treeship: internal error: {type(e).__name__}: {e} (set TREESHIP_DEBUG=1 for a traceback)",
+                   err=True)
+        sys.exit(1)
+    sys.exit(0)

@@ -1,0 +1,78 @@
+"""One error hierarchy; each class carries the exit code the CLI maps it to.
+
+The table of exit codes lives here and nowhere else (docs/cli.md repeats it).
+"""
+
+from __future__ import annotations
+
+
+class TreeshipError(Exception):
+    """A failure the user can act on: printed as one line, never a traceback."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(TreeshipError):
+    """A bad argument: a malformed branch name, an option that makes no sense."""
+
+    exit_code = 2
+
+
+class SourceError(TreeshipError):
+    """The tree to release is missing, unreadable or holds what a release cannot."""
+
+    exit_code = 3
+
+
+class ProvenanceError(TreeshipError):
+    """The provenance manifest is unreadable or does not match the schema."""
+
+    exit_code = 4
+
+
+class RepoError(TreeshipError):
+    """The repository is not a repository, or a ref does not exist."""
+
+    exit_code = 5
+
+
+class SigningError(TreeshipError):
+    """A signing key is unknown, unreadable or malformed."""
+
+    exit_code = 6
+
+
+class VerificationError(TreeshipError):
+    """No trusted signature was found, or a bad one was."""
+
+    exit_code = 7
+
+
+class StorageError(TreeshipError):
+    """Writing to the repository failed: disk full, I/O error, permissions."""
+
+    exit_code = 8
+
+
+class UnchangedError(TreeshipError):
+    """The tree is identical to the branch head; nothing was released."""
+
+    exit_code = 9
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "unexpected internal error",
+    UsageError.exit_code: "bad usage or argument (including a malformed branch name)",
+    SourceError.exit_code: "the source tree or archive is missing, unreadable or unsupported",
+    ProvenanceError.exit_code: "the provenance manifest is malformed",
+    RepoError.exit_code: "not a repository, or unknown ref",
+    SigningError.exit_code: "signing key unknown or malformed",
+    VerificationError.exit_code: "signature verification failed",
+    StorageError.exit_code: "writing to the repository failed (disk full, I/O)",
+    UnchangedError.exit_code: "tree identical to the branch head; nothing released",
+}

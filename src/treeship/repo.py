@@ -1,0 +1,593 @@
+"""The only module that touches libostree (PyGObject ``gi.repository.OSTree``).
+
+Everything above speaks plain Python: checksums are hex strings, metadata values are
+str / list[str] / int / bool / bytes. libostree errors become :mod:`treeship.errors`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gi
+
+gi.require_version("OSTree", "1.0")
+from gi.repository import Gio, GLib, OSTree  # noqa: E402
+
+from .errors import RepoError, SigningError, SourceError, StorageError, UsageError  # noqa: E402
+
+MODES = {"archive": OSTree.RepoMode.ARCHIVE, "bare-user": OSTree.RepoMode.BARE_USER}
+_MODE_NAMES = {
+    OSTree.RepoMode.ARCHIVE: "archive",
+    OSTree.RepoMode.BARE_USER: "bare-user",
+    OSTree.RepoMode.BARE: "bare",
+    OSTree.RepoMode.BARE_USER_ONLY: "bare-user-only",
+}
+
+#: Called from worker threads after each file is stored: (files, bytes) just done.
+FileProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A commit as read back from the repository."""
+
+    checksum: str
+    parent: str | None
+    subject: str
+    body: str
+    timestamp: int
+    metadata: dict[str, Any]
+    root_contents: str
+    root_metadata: str
+
+
+@dataclass(frozen=True)
+class TreeStats:
+    """What a tree walk saw: the regular files and their bytes (before compression)."""
+
+    files: int = 0
+    bytes: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+
+
+@dataclass
+class GpgSignature:
+    """One GPG signature of a commit as libostree's verifier reports it."""
+
+    fingerprint: str
+    user: str
+    valid: bool
+    key_missing: bool
+    problem: str | None = None
+
+
+@dataclass
+class _Walk:
+    """Mutable state of one parallel tree write."""
+
+    futures: list[tuple[Any, str, Future[str]]] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+
+
+def validate_branch(name: str) -> None:
+    """Reject what OSTree would not accept as a ref name, with the reason."""
+    try:
+        OSTree.validate_rev(name)
+    except GLib.Error as e:
+        raise UsageError(f"invalid branch name {name!r}: {e.message}") from None
+    if name.startswith("/") or name.endswith("/") or "//" in name or ".." in name.split("/"):
+        raise UsageError(f"invalid branch name {name!r}: empty or '..' path component")
+
+
+def _storage_error(e: GLib.Error, what: str) -> Exception:
+    if e.matches(Gio.io_error_quark(), Gio.IOErrorEnum.NO_SPACE):
+        return StorageError(f"{what}: no space left on device")
+    return StorageError(f"{what}: {e.message}")
+
+
+def _is_enospc(e: BaseException) -> bool:
+    if isinstance(e, OSError):
+        return e.errno == errno.ENOSPC
+    return isinstance(e, GLib.Error) and e.matches(Gio.io_error_quark(), Gio.IOErrorEnum.NO_SPACE)
+
+
+def _to_variant(value: Any) -> GLib.Variant:
+    if isinstance(value, GLib.Variant):
+        return value
+    if isinstance(value, bool):
+        return GLib.Variant("b", value)
+    if isinstance(value, int):
+        return GLib.Variant("t", value)
+    if isinstance(value, str):
+        return GLib.Variant("s", value)
+    if isinstance(value, bytes):
+        return GLib.Variant("ay", value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return GLib.Variant("as", value)
+    raise TypeError(f"cannot store {type(value).__name__} in commit metadata")
+
+
+def _from_variant(v: GLib.Variant) -> Any:
+    if v.get_type_string() == "ay":
+        return bytes(v.get_data_as_bytes().get_data() or b"")
+    return v.unpack()
+
+
+def _file_info(mode: int, uid: int, gid: int, size: int = 0, target: str | None = None) -> Gio.FileInfo:
+    fi = Gio.FileInfo.new()
+    fi.set_attribute_uint32("unix::uid", uid)
+    fi.set_attribute_uint32("unix::gid", gid)
+    fi.set_attribute_uint32("unix::mode", mode)
+    if stat.S_ISDIR(mode):
+        fi.set_file_type(Gio.FileType.DIRECTORY)
+    elif stat.S_ISLNK(mode):
+        fi.set_file_type(Gio.FileType.SYMBOLIC_LINK)
+        fi.set_symlink_target(target or "")
+    else:
+        fi.set_file_type(Gio.FileType.REGULAR)
+        fi.set_size(size)
+    return fi
+
+
+def canonical_mode(mode: int) -> int:
+    """OSTree's ``--canonical-permissions``: no setuid/setgid/sticky, no group/other write."""
+    return stat.S_IFMT(mode) | (stat.S_IMODE(mode) & 0o755)
+
+
+class Repo:
+    """An open OSTree repository."""
+
+    def __init__(self, path: Path, repo: OSTree.Repo) -> None:
+        self.path = path
+        self._repo = repo
+        self._dirmeta_cache: dict[tuple[int, int, int], str] = {}
+        self._lock = threading.Lock()
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Repo:
+        p = Path(path)
+        if not p.exists():
+            raise RepoError(f"{p}: no repository here (create one with 'treeship init --repo {p}')")
+        if not (p / "config").is_file() or not (p / "objects").is_dir():
+            raise RepoError(f"{p}: not an OSTree repository")
+        repo = OSTree.Repo.new(Gio.File.new_for_path(str(p)))
+        try:
+            repo.open(None)
+        except GLib.Error as e:
+            raise RepoError(f"{p}: not a usable OSTree repository: {e.message}") from None
+        return cls(p, repo)
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], mode: str = "archive", collection_id: str | None = None) -> Repo:
+        p = Path(path)
+        if mode not in MODES:
+            raise UsageError(f"unknown repository mode {mode!r} (choose from {', '.join(MODES)})")
+        if p.exists() and not p.is_dir():
+            raise RepoError(f"{p}: exists and is not a directory")
+        if p.is_dir() and any(p.iterdir()):
+            raise RepoError(f"{p}: directory is not empty and is not an OSTree repository")
+        if collection_id is not None:
+            try:
+                OSTree.validate_collection_id(collection_id)
+            except GLib.Error as e:
+                raise UsageError(f"invalid collection ID {collection_id!r}: {e.message}") from None
+        repo = OSTree.Repo.new(Gio.File.new_for_path(str(p)))
+        if collection_id:
+            repo.set_collection_id(collection_id)
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+            repo.create(MODES[mode], None)
+        except (GLib.Error, OSError) as e:
+            raise StorageError(f"{p}: cannot create repository: {getattr(e, 'message', e)}") from None
+        return cls.open(p)
+
+    @staticmethod
+    def is_repo(path: str | os.PathLike[str]) -> bool:
+        p = Path(path)
+        return (p / "config").is_file() and (p / "objects").is_dir()
+
+    @property
+    def mode(self) -> str:
+        return _MODE_NAMES.get(self._repo.get_mode(), "unknown")
+
+    @property
+    def collection_id(self) -> str | None:
+        return self._repo.get_collection_id()
+
+    # -- refs and commits -------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> str | None:
+        """The commit a ref (branch, ``branch^``, checksum, prefix) names, or None."""
+        try:
+            _, rev = self._repo.resolve_rev(ref, True)
+        except GLib.Error as e:
+            raise RepoError(f"cannot resolve {ref!r}: {e.message}") from None
+        return rev
+
+    def require(self, ref: str) -> str:
+        rev = self.resolve(ref)
+        if rev is None:
+            raise RepoError(f"{ref}: no such branch or commit in {self.path}")
+        return rev
+
+    def refs(self) -> dict[str, str]:
+        _, refs = self._repo.list_refs(None, None)
+        return dict(refs)
+
+    def has_commit(self, checksum: str) -> bool:
+        _, present = self._repo.has_object(OSTree.ObjectType.COMMIT, checksum, None)
+        return bool(present)
+
+    def _commit_variant(self, checksum: str) -> GLib.Variant:
+        try:
+            _, v = self._repo.load_variant(OSTree.ObjectType.COMMIT, checksum)
+        except GLib.Error as e:
+            raise RepoError(f"commit {checksum}: {e.message}") from None
+        return v
+
+    def commit(self, checksum: str) -> Commit:
+        v = self._commit_variant(checksum)
+        meta = v.get_child_value(0)
+        metadata = {meta.get_child_value(i).get_child_value(0).get_string():
+                    _from_variant(meta.get_child_value(i).get_child_value(1).get_variant())
+                    for i in range(meta.n_children())}
+        return Commit(
+            checksum=checksum,
+            parent=OSTree.commit_get_parent(v),
+            subject=v.get_child_value(3).get_string(),
+            body=v.get_child_value(4).get_string(),
+            timestamp=OSTree.commit_get_timestamp(v),
+            metadata=metadata,
+            root_contents=OSTree.checksum_from_bytes_v(v.get_child_value(6)),
+            root_metadata=OSTree.checksum_from_bytes_v(v.get_child_value(7)),
+        )
+
+    def commit_bytes(self, checksum: str) -> bytes:
+        """The ``.commit`` object's bytes: what the commit checksum and signatures cover."""
+        data = self._commit_variant(checksum).get_data_as_bytes().get_data()
+        return bytes(data or b"")
+
+    def detached_metadata(self, checksum: str) -> dict[str, Any]:
+        try:
+            _, v = self._repo.read_commit_detached_metadata(checksum, None)
+        except GLib.Error as e:
+            raise RepoError(f"commit {checksum}: cannot read signatures: {e.message}") from None
+        if v is None:
+            return {}
+        out: dict[str, Any] = {}
+        for i in range(v.n_children()):
+            entry = v.get_child_value(i)
+            key = entry.get_child_value(0).get_string()
+            val = entry.get_child_value(1).get_variant()
+            if val.get_type_string() == "aay":
+                out[key] = [bytes(val.get_child_value(j).get_data_as_bytes().get_data() or b"")
+                            for j in range(val.n_children())]
+            else:
+                out[key] = _from_variant(val)
+        return out
+
+    def _raw_detached(self, checksum: str) -> dict[str, GLib.Variant]:
+        _, v = self._repo.read_commit_detached_metadata(checksum, None)
+        if v is None:
+            return {}
+        return {v.get_child_value(i).get_child_value(0).get_string():
+                v.get_child_value(i).get_child_value(1).get_variant() for i in range(v.n_children())}
+
+    def append_detached_signatures(self, checksum: str, key: str, signatures: list[bytes]) -> None:
+        """Add raw signatures under ``key`` (type ``aay``), keeping every other entry."""
+        entries = self._raw_detached(checksum)
+        old = entries.get(key)
+        existing: list[bytes] = []
+        if old is not None:
+            existing = [bytes(old.get_child_value(j).get_data_as_bytes().get_data() or b"")
+                        for j in range(old.n_children())]
+        merged = existing + [s for s in signatures if s not in existing]
+        entries[key] = GLib.Variant("aay", merged)
+        try:
+            self._repo.write_commit_detached_metadata(checksum, GLib.Variant("a{sv}", entries), None)
+        except GLib.Error as e:
+            raise _storage_error(e, f"writing signatures of {checksum}") from None
+
+    # -- GPG (libostree's own code, so `ostree` agrees by construction) -----------------------
+
+    def gpg_sign(self, checksum: str, key_id: str, homedir: str | None) -> None:
+        try:
+            self._repo.sign_commit(checksum, key_id, homedir, None)
+        except GLib.Error as e:
+            raise SigningError(f"GPG signing with key {key_id!r} failed: {e.message}") from None
+
+    def gpg_verify(self, checksum: str, keyring_dir: str | None, keyring_file: str | None) -> list[GpgSignature]:
+        """Every GPG signature on the commit, checked against the given keyrings only."""
+        if not self.detached_metadata(checksum).get("ostree.gpgsigs"):
+            return []
+        d = Gio.File.new_for_path(keyring_dir) if keyring_dir else None
+        f = Gio.File.new_for_path(keyring_file) if keyring_file else None
+        try:
+            result = self._repo.verify_commit_ext(checksum, d, f, None)
+        except GLib.Error as e:
+            raise RepoError(f"commit {checksum}: GPG verification could not run: {e.message}") from None
+        A = OSTree.GpgSignatureAttr
+        attrs = [A.VALID, A.FINGERPRINT, A.USER_NAME, A.USER_EMAIL, A.KEY_MISSING,
+                 A.SIG_EXPIRED, A.KEY_EXPIRED, A.KEY_REVOKED]
+        sigs = []
+        for i in range(result.count_all()):
+            valid, fpr, name, email, missing, sig_exp, key_exp, revoked = result.get(i, attrs).unpack()
+            problem = None
+            if missing:
+                problem = "public key not in the given keyring"
+            elif revoked:
+                problem = "key revoked"
+            elif key_exp:
+                problem = "key expired"
+            elif sig_exp:
+                problem = "signature expired"
+            elif not valid:
+                problem = "BAD signature"
+            user = f"{name} <{email}>" if email else name
+            sigs.append(GpgSignature(fingerprint=fpr, user=user, valid=bool(valid), key_missing=bool(missing),
+                                     problem=problem))
+        return sigs
+
+    # -- writing ------------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Objects become visible, and refs move, only if the block finishes."""
+        try:
+            self._repo.prepare_transaction(None)
+        except GLib.Error as e:
+            raise _storage_error(e, f"{self.path}: cannot start a transaction") from None
+        try:
+            yield
+        except BaseException:
+            try:
+                self._repo.abort_transaction(None)
+            except GLib.Error:
+                pass
+            raise
+        try:
+            self._repo.commit_transaction(None)
+        except GLib.Error as e:
+            try:
+                self._repo.abort_transaction(None)
+            except GLib.Error:
+                pass
+            raise _storage_error(e, f"{self.path}: committing the transaction") from None
+
+    def set_ref(self, branch: str, checksum: str | None) -> None:
+        self._repo.transaction_set_ref(None, branch, checksum)
+
+    def _dirmeta(self, uid: int, gid: int, mode: int) -> str:
+        key = (uid, gid, mode)
+        with self._lock:
+            cached = self._dirmeta_cache.get(key)
+        if cached:
+            return cached
+        v = OSTree.create_directory_metadata(_file_info(mode, uid, gid), None)
+        _, raw = self._repo.write_metadata(OSTree.ObjectType.DIR_META, None, v, None)
+        csum = OSTree.checksum_from_bytes(raw)
+        with self._lock:
+            self._dirmeta_cache[key] = csum
+        return csum
+
+    def _write_file(self, path: str, fi: Gio.FileInfo) -> str:
+        if fi.get_file_type() == Gio.FileType.REGULAR:
+            inp = Gio.File.new_for_path(path).read(None)
+            try:
+                _, stream, length = OSTree.raw_file_to_content_stream(inp, fi, None, None)
+                _, raw = self._repo.write_content(None, stream, length, None)
+            finally:
+                inp.close(None)
+        else:
+            _, stream, length = OSTree.raw_file_to_content_stream(Gio.MemoryInputStream.new(), fi, None, None)
+            _, raw = self._repo.write_content(None, stream, length, None)
+        return OSTree.checksum_from_bytes(raw)
+
+    def write_bytes_file(self, data: bytes, mode: int = 0o100644) -> str:
+        """Store ``data`` as a root-owned regular file; return its content checksum."""
+        fi = _file_info(mode, 0, 0, len(data))
+        inp = Gio.MemoryInputStream.new_from_bytes(GLib.Bytes.new(data))
+        _, stream, length = OSTree.raw_file_to_content_stream(inp, fi, None, None)
+        try:
+            _, raw = self._repo.write_content(None, stream, length, None)
+        except GLib.Error as e:
+            raise _storage_error(e, "writing a file into the release") from None
+        return OSTree.checksum_from_bytes(raw)
+
+    def write_tree(self, source: Path, *, canonical: bool = True, progress: FileProgress | None = None,
+                   workers: int | None = None) -> tuple[OSTree.MutableTree, TreeStats]:
+        """Store a directory's content; return the mutable tree describing it.
+
+        Canonical permissions (the default) compress files on every core: the result is
+        byte-identical to ``ostree commit --canonical-permissions`` (tested). With
+        ``canonical=False`` libostree's own walk keeps owners, modes and xattrs.
+        """
+        if not canonical:
+            return self._write_tree_libostree(source, progress)
+        mtree = OSTree.MutableTree.new()
+        walk = _Walk()
+        nworkers = workers or max(2, os.cpu_count() or 2)
+        first_error: list[BaseException] = []
+
+        def store(path: str, fi: Gio.FileInfo, size: int) -> str:
+            if first_error:
+                raise first_error[0]
+            try:
+                csum = self._write_file(path, fi)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                err = _file_error(e, path, self.path)
+                if not first_error:
+                    first_error.append(err)
+                raise err from None
+            if progress:
+                progress(1, size)
+            return csum
+
+        with ThreadPoolExecutor(nworkers, thread_name_prefix="treeship-write") as pool:
+            try:
+                self._walk(source, mtree, pool, store, walk)
+                for parent, name, fut in walk.futures:
+                    parent.replace_file(name, fut.result())
+            except BaseException:
+                for _, _, fut in walk.futures:
+                    fut.cancel()
+                raise
+        stats = TreeStats(files=walk.files, bytes=walk.bytes, dirs=walk.dirs, symlinks=walk.symlinks)
+        return mtree, stats
+
+    def _walk(self, directory: Path, mtree: OSTree.MutableTree, pool: ThreadPoolExecutor,
+              store: Callable[[str, Gio.FileInfo, int], str], walk: _Walk) -> None:
+        st = _lstat(directory)
+        mtree.set_metadata_checksum(self._dirmeta(0, 0, canonical_mode(st.st_mode)))
+        walk.dirs += 1
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as e:
+            raise SourceError(f"{directory}: cannot read directory: {e.strerror}") from None
+        for entry in entries:
+            est = _lstat(Path(entry.path))
+            mode = est.st_mode
+            if stat.S_ISDIR(mode):
+                _, sub = mtree.ensure_dir(entry.name)
+                self._walk(Path(entry.path), sub, pool, store, walk)
+            elif stat.S_ISREG(mode):
+                fi = _file_info(canonical_mode(mode), 0, 0, est.st_size)
+                walk.files += 1
+                walk.bytes += est.st_size
+                walk.futures.append((mtree, entry.name, pool.submit(store, entry.path, fi, est.st_size)))
+            elif stat.S_ISLNK(mode):
+                try:
+                    target = os.readlink(entry.path)
+                except OSError as e:
+                    raise SourceError(f"{entry.path}: cannot read symlink: {e.strerror}") from None
+                fi = _file_info(stat.S_IFLNK | 0o777, 0, 0, 0, target)
+                walk.symlinks += 1
+                walk.futures.append((mtree, entry.name, pool.submit(store, entry.path, fi, 0)))
+            else:
+                raise SourceError(f"{entry.path}: {_kind(mode)}; a release holds only files, directories and symlinks")
+
+    def _write_tree_libostree(self, source: Path,
+                              progress: FileProgress | None) -> tuple[OSTree.MutableTree, TreeStats]:
+        counts = {"files": 0, "bytes": 0, "dirs": 0, "symlinks": 0}
+        bad: list[str] = []
+
+        def commit_filter(repo: OSTree.Repo, path: str, fi: Gio.FileInfo, *_: Any) -> OSTree.RepoCommitFilterResult:
+            ftype = fi.get_file_type()
+            if ftype == Gio.FileType.REGULAR:
+                counts["files"] += 1
+                counts["bytes"] += fi.get_size()
+                if progress:
+                    progress(1, fi.get_size())
+            elif ftype == Gio.FileType.DIRECTORY:
+                counts["dirs"] += 1
+            elif ftype == Gio.FileType.SYMBOLIC_LINK:
+                counts["symlinks"] += 1
+            else:
+                bad.append(path)
+                return OSTree.RepoCommitFilterResult.SKIP
+            return OSTree.RepoCommitFilterResult.ALLOW
+
+        # Refuse special files before writing anything: libostree would fail obscurely.
+        _check_special_files(source)
+        modifier = OSTree.RepoCommitModifier.new(OSTree.RepoCommitModifierFlags.NONE, commit_filter)
+        mtree = OSTree.MutableTree.new()
+        try:
+            self._repo.write_directory_to_mtree(Gio.File.new_for_path(str(source)), mtree, modifier, None)
+        except GLib.Error as e:
+            if _is_enospc(e):
+                raise _storage_error(e, f"{self.path}") from None
+            raise SourceError(f"{source}: {e.message}") from None
+        if bad:
+            raise SourceError(f"{source}{bad[0]}: not a regular file, directory or symlink")
+        return mtree, TreeStats(**counts)
+
+    def add_file(self, mtree: OSTree.MutableTree, path_in_tree: str, data: bytes) -> None:
+        """Put ``data`` at ``path_in_tree`` (parents created 0755, root-owned)."""
+        parts = [p for p in path_in_tree.strip("/").split("/") if p not in ("", ".")]
+        if not parts or ".." in parts:
+            raise UsageError(f"invalid path in tree {path_in_tree!r}")
+        csum = self.write_bytes_file(data)
+        try:
+            _, parent = mtree.ensure_parent_dirs(parts, self._dirmeta(0, 0, stat.S_IFDIR | 0o755))
+            if parts[-1] in parent.get_subdirs():
+                raise UsageError(f"cannot write {path_in_tree}: a directory of that name is in the tree")
+            parent.replace_file(parts[-1], csum)
+        except GLib.Error as e:
+            raise UsageError(f"cannot write {path_in_tree} into the tree: {e.message}") from None
+
+    def write_mtree(self, mtree: OSTree.MutableTree) -> tuple[str, str, Any]:
+        """Write the dirtree objects; return (contents checksum, metadata checksum, root)."""
+        try:
+            _, root = self._repo.write_mtree(mtree, None)
+        except GLib.Error as e:
+            raise _storage_error(e, f"{self.path}: writing the tree") from None
+        return root.tree_get_contents_checksum(), root.tree_get_metadata_checksum(), root
+
+    def write_commit(self, parent: str | None, subject: str, body: str, metadata: dict[str, Any],
+                     root: Any, timestamp: int | None = None) -> str:
+        meta = GLib.Variant("a{sv}", {k: _to_variant(v) for k, v in metadata.items()})
+        try:
+            if timestamp is None:
+                _, csum = self._repo.write_commit(parent, subject, body, meta, root, None)
+            else:
+                _, csum = self._repo.write_commit_with_time(parent, subject, body, meta, root, timestamp, None)
+        except GLib.Error as e:
+            raise _storage_error(e, f"{self.path}: writing the commit") from None
+        return csum
+
+
+def _lstat(path: Path) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except OSError as e:
+        raise SourceError(f"{path}: {e.strerror}") from None
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "an unsupported file type"
+
+
+def _check_special_files(source: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(source):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            mode = _lstat(Path(p)).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                raise SourceError(f"{p}: {_kind(mode)}; a release holds only files, directories and symlinks")
+
+
+def _file_error(e: BaseException, source_path: str, repo_path: Path) -> BaseException:
+    """Say whose fault a failed file write was: the source's (unreadable) or the repo's."""
+    if _is_enospc(e):
+        return StorageError(f"{repo_path}: no space left on device")
+    if isinstance(e, GLib.Error):
+        if e.matches(Gio.io_error_quark(), Gio.IOErrorEnum.PERMISSION_DENIED) or \
+                e.matches(Gio.io_error_quark(), Gio.IOErrorEnum.NOT_FOUND):
+            return SourceError(f"{source_path}: {e.message}")
+        return StorageError(f"{repo_path}: storing {source_path}: {e.message}")
+    if isinstance(e, OSError):
+        return SourceError(f"{source_path}: {e.strerror}")
+    return e

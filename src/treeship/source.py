@@ -1,0 +1,108 @@
+"""Turn a release SOURCE (a directory or a tar archive) into a directory to commit.
+
+Archives are unpacked into a private temporary directory, refusing absolute paths,
+``..``, links that point out of the tree, and device nodes: a release must not carry
+what the extraction would not put back faithfully for every user.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from .errors import SourceError
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _stat_source(path: Path) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise SourceError(f"{path}: dangling symlink") from None
+        raise SourceError(f"{path}: no such file or directory") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SourceError(f"{path}: symlink loop") from None
+        raise SourceError(f"{path}: {e.strerror}") from None
+
+
+@contextmanager
+def prepared(source: str | os.PathLike[str], *, keep_ownership: bool = False,
+             workdir: str | None = None) -> Iterator[Path]:
+    """Yield a directory holding the tree to release."""
+    path = Path(source)
+    st = _stat_source(path)
+    if stat.S_ISDIR(st.st_mode):
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise SourceError(f"{path}: permission denied")
+        yield path
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise SourceError(f"{path}: not a directory or a tar archive")
+    with tempfile.TemporaryDirectory(prefix="treeship-src-", dir=workdir) as tmp:
+        dest = Path(tmp) / "tree"
+        dest.mkdir()
+        extract_tar(path, dest, keep_ownership=keep_ownership)
+        yield dest
+
+
+def extract_tar(archive: Path, dest: Path, *, keep_ownership: bool = False) -> None:
+    """Unpack .tar, .tar.gz, .tar.bz2, .tar.xz or .tar.zst (detected by content)."""
+    try:
+        with open(archive, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise SourceError(f"{archive}: {e.strerror}") from None
+    if magic == _ZSTD_MAGIC:
+        zstd = shutil.which("zstd")
+        if zstd is None:
+            raise SourceError(f"{archive}: a zstd archive needs the 'zstd' program")
+        proc = subprocess.Popen([zstd, "-dc", "--", str(archive)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None
+        try:
+            _extract_stream(archive, proc.stdout, dest, keep_ownership)
+        finally:
+            proc.stdout.close()
+            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+            if proc.wait() != 0:
+                raise SourceError(f"{archive}: zstd failed: {err.splitlines()[-1] if err else 'corrupt archive'}")
+        return
+    try:
+        with open(archive, "rb") as f:
+            _extract_stream(archive, f, dest, keep_ownership)
+    except OSError as e:
+        raise SourceError(f"{archive}: {e.strerror}") from None
+
+
+def _extract_stream(archive: Path, fileobj: IO[bytes], dest: Path, keep_ownership: bool) -> None:
+    def member_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+        if member.ischr() or member.isblk() or member.isfifo():
+            raise SourceError(f"{archive}: {member.name}: device nodes and FIFOs cannot be released")
+        try:
+            tarfile.tar_filter(member, path)  # checks paths and link targets; modes are ours
+        except tarfile.FilterError as e:
+            raise SourceError(f"{archive}: {member.name}: {e}") from None
+        return member
+
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|*") as tf:
+            tf.extractall(dest, filter=member_filter, numeric_owner=keep_ownership)  # noqa: S202 - filtered
+    except tarfile.ReadError as e:
+        raise SourceError(f"{archive}: not a readable tar archive ({e})") from None
+    except (tarfile.TarError, EOFError) as e:
+        raise SourceError(f"{archive}: corrupt tar archive ({e})") from None
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise SourceError(f"{archive}: no space left to unpack it in {dest.parent}") from None
+        raise SourceError(f"{archive}: cannot unpack: {e.strerror or e}") from None
