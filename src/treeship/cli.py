@@ -23,7 +23,7 @@ DEFAULT_REPO = "./releases"
 
 repo_option = click.option(
     "--repo", "repo_path", envvar="TREESHIP_REPO", default=DEFAULT_REPO, show_default=True,
-    show_envvar=True, type=click.Path(file_okay=False, path_type=str),
+    show_envvar=True, type=click.Path(readable=False, path_type=str),  # Repo.open checks it: exit 5
     help="The releases repository (an OSTree repo).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object for machines.")
 
@@ -118,18 +118,18 @@ def init(repo_path: str, mode: str, collection_id: str | None, as_json: bool) ->
 
 
 @cli.command()
-@click.argument("source", required=False, type=click.Path(path_type=str))
+@click.argument("source", required=False, type=click.Path(readable=False, path_type=str))  # checked: exit 3
 @click.option("--branch", "-b", required=True, help="Branch to release on, e.g. stage3-sysroot/x86_64.")
 @repo_option
 @click.option("--version", "version", help="Release version (metadata 'version'). Default: UTC timestamp.")
-@click.option("--provenance", "provenance_file", type=click.Path(dir_okay=False, path_type=str),
+@click.option("--provenance", "provenance_file", type=click.Path(readable=False, path_type=str),
               help="Provenance manifest (JSON or YAML, schema treeship.provenance/v1).")
 @click.option("--subject", help="Commit subject. Default: 'BRANCH VERSION'.")
 @click.option("--body", default="", help="Commit body text.")
 @click.option("--gpg-sign", "gpg_keys", multiple=True, metavar="KEYID", help="Sign with this GPG key (repeatable).")
 @click.option("--gpg-homedir", type=click.Path(file_okay=False, path_type=str), help="GnuPG home for --gpg-sign.")
 @click.option("--sign-ed25519", "ed25519_files", multiple=True, metavar="SECRET_FILE",
-              type=click.Path(dir_okay=False, path_type=str),
+              type=click.Path(readable=False, path_type=str),
               help="Sign with this ed25519 secret key file, ostree sign format (repeatable).")
 @click.option("--manifest-path", metavar="PATH_IN_TREE",
               help="Also write the provenance JSON into the released tree at this path.")
@@ -189,12 +189,11 @@ def log(branch: str, repo_path: str, max_count: int | None, as_json: bool) -> No
     if as_json:
         _emit_json({"branch": branch, "releases": [r.to_dict() for r in records]})
         return
-    click.echo(f"{'COMMIT':<12}  {'VERSION':<18} {'DATE':<20} {'SIGNED':<14} SUBJECT")
+    click.echo(f"{'COMMIT':<12}  {'VERSION':<18} {'DATE':<20} {'SIGNED':<12} SUBJECT")
     for r in records:
-        kinds = [f"gpg×{r.gpg_signatures}" if r.gpg_signatures else "",
-                 f"ed25519×{r.ed25519_signatures}" if r.ed25519_signatures else ""]
-        signed = ",".join(k for k in kinds if k) or "no"
-        click.echo(f"{r.commit[:12]}  {str(r.version or '-'):<18} {r.date:<20} {signed:<14} {r.subject}")
+        kinds = ["gpg" if r.gpg_signatures else "", "ed25519" if r.ed25519_signatures else ""]
+        signed = "+".join(k for k in kinds if k) or "no"
+        click.echo(f"{r.commit[:12]}  {str(r.version or '-'):<18} {r.date:<20} {signed:<12} {r.subject}")
 
 
 @cli.command()

@@ -152,6 +152,8 @@ def generate_ed25519(prefix: str | Path) -> tuple[Path, Path]:
 
 def ed25519_sign(repo: Repo, checksum: str, secrets: list[Ed25519Secret]) -> list[str]:
     """Sign the commit's bytes with each key; return the public keys used."""
+    if not secrets:
+        return []  # an unsigned commit gets no (empty) signature entry
     data = repo.commit_bytes(checksum)
     sigs = [s.signing_key.sign(data).signature for s in secrets]
     repo.append_detached_signatures(checksum, ED25519_KEY, sigs)
