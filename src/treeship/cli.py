@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -285,6 +286,137 @@ def verify(ref: str, repo_path: str, gpg_homedir: str | None, gpg_keyring: str |
         raise VerificationError(f"{ref}: no signature by a trusted key")
 
 
+@cli.group()
+def remote() -> None:
+    """Manage remotes (stored in the local repo's config, as `ostree remote-add` does)."""
+
+
+@remote.command("add")
+@click.argument("name")
+@click.argument("url")
+@repo_option
+def remote_add(name: str, url: str, repo_path: str) -> None:
+    """Add remote NAME at URL: ssh://[user@]host[:port]/path, file:///path or a path."""
+    from .release import open_or_create
+    from .transfer.transport import parse_url
+
+    parse_url(url)
+    open_or_create(repo_path).remote_add(name, url)
+    click.echo(f"Added remote {name} → {url}")
+
+
+@remote.command("list")
+@repo_option
+@json_option
+def remote_list(repo_path: str, as_json: bool) -> None:
+    """List remotes and their URLs."""
+    from .repo import Repo
+
+    remotes = Repo.open(repo_path).remotes()
+    if as_json:
+        _emit_json({"remotes": remotes})
+        return
+    for name, url in remotes.items():
+        click.echo(f"{name}\t{url}")
+
+
+@contextmanager
+def _push_progress(enabled: bool) -> Iterator[Callable[[int, int, int, int], None] | None]:
+    """Objects, bytes and rate while pushing, on a terminal only."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    with Progress(TextColumn("pushing"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TextColumn("{task.fields[objects]}"), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("push", total=None, objects="")
+
+        def advance(objs: int, nbytes: int, total_objs: int, total_bytes: int) -> None:
+            bar.update(task, completed=nbytes, total=total_bytes or None, objects=f"{objs}/{total_objs} objects")
+
+        yield advance
+
+
+@cli.command()
+@click.argument("remote_name", metavar="REMOTE")
+@click.argument("branches", nargs=-1, required=True)
+@repo_option
+@click.option("--force", is_flag=True, help="Allow a non-fast-forward update where the receiver's policy does.")
+@click.option("--ssh-command", envvar="TREESHIP_SSH", show_envvar=True,
+              help="SSH command and options, e.g. 'ssh -i key -o IdentitiesOnly=yes'.")
+@click.option("--receive-command", envvar="TREESHIP_RECEIVE", show_envvar=True,
+              help="treeship on the server, if it is not on the remote PATH.")
+@json_option
+def push(remote_name: str, branches: tuple[str, ...], repo_path: str, force: bool, ssh_command: str | None,
+         receive_command: str | None, as_json: bool) -> None:
+    """Push BRANCHES to REMOTE: only missing objects, in one stream; refs move atomically.
+
+    REMOTE is a remote name (see `treeship remote add`), an ssh:// URL, a file:// URL or
+    a path. Over SSH the server runs `treeship receive`; a path runs it locally, same code.
+    One line per ref: ok, up to date, or rejected with the reason.
+    """
+    from .errors import PushRejected
+    from .repo import Repo
+    from .transfer.pusher import PushResult
+    from .transfer.pusher import push as do_push
+
+    repo = Repo.open(repo_path)
+    try:
+        with _push_progress(not as_json) as progress:
+            result = do_push(repo, remote_name, list(branches), force=force, ssh_command=ssh_command,
+                             receive_command=receive_command, progress=progress)
+    except PushRejected as e:
+        if isinstance(e.result, PushResult):
+            _print_push(e.result, as_json)
+        raise
+    _print_push(result, as_json)
+
+
+def _print_push(result: Any, as_json: bool) -> None:
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    for r in result.refs:
+        new = (r.new or "(delete)")[:12]
+        if r.status == "ok":
+            old = (r.old or "(new)")[:12]
+            click.echo(f"ok        {r.ref}  {old} → {new}")
+        elif r.status == "uptodate":
+            click.echo(f"uptodate  {r.ref}  {new}")
+        else:
+            click.echo(f"rejected  {r.ref}  {new}: {r.reason}")
+    click.echo(f"{result.objects_sent} objects, {_human_bytes(result.bytes_sent)} sent to {result.remote} "
+               f"in {result.seconds:.1f} s")
+
+
+@cli.command()
+@repo_option
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=str),
+              help="Receive policy (TOML); see docs/server.md. Default: any branch, fast-forward only.")
+@click.option("--key-id", help="Who is pushing (set per key in authorized_keys).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="Give up when the pusher sends nothing for this many seconds.")
+@click.option("--create", is_flag=True, hidden=True, help="Create the repository if missing (local pushes).")
+def receive(repo_path: str, config: str | None, key_id: str | None, timeout: float, create: bool) -> None:
+    """The server end of `treeship push`, speaking on stdin/stdout (an SSH forced command).
+
+    \b
+    In ~/.ssh/authorized_keys on the server:
+      restrict,command="treeship receive --repo /srv/releases
+        --config /etc/treeship/receive.toml --key-id alice" ssh-ed25519 AAAA...
+    (one line in the file; see docs/server.md)
+    """
+    from . import policy
+    from .transfer.receiver import Receiver
+
+    pol = policy.load(config)
+    proto_out = os.dup(1)
+    os.dup2(2, 1)  # nothing printed by accident can corrupt the protocol stream
+    Receiver(repo_path, pol, key_id, 0, proto_out, timeout=timeout, create=create).run()
+
+
 @cli.command()
 @click.argument("prefix", type=click.Path(dir_okay=False, path_type=str))
 @json_option
@@ -306,7 +438,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="treeship", standalone_mode=False)
     except TreeshipError as e:
-        click.echo(f"treeship: error: {e.message}", err=True)
+        # one line, whatever a path or a name holds (newlines, escapes)
+        one_line = "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in e.message)
+        click.echo(f"treeship: error: {one_line}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

@@ -64,6 +64,22 @@ class UnchangedError(TreeshipError):
     exit_code = 9
 
 
+class PushRejected(TreeshipError):
+    """The receiver refused to move one or more refs (policy, signatures, fast-forward)."""
+
+    exit_code = 10
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class TransferError(TreeshipError):
+    """The push could not complete: connection lost, protocol error, remote failure."""
+
+    exit_code = 11
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected internal error",
@@ -75,4 +91,6 @@ EXIT_CODES: dict[int, str] = {
     VerificationError.exit_code: "signature verification failed",
     StorageError.exit_code: "writing to the repository failed (disk full, I/O)",
     UnchangedError.exit_code: "tree identical to the branch head; nothing released",
+    PushRejected.exit_code: "the receiver rejected a ref update (policy, signature, non-fast-forward)",
+    TransferError.exit_code: "the push failed: connection lost, protocol error, remote failure",
 }

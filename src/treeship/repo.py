@@ -7,7 +7,9 @@ str / list[str] / int / bool / bytes. libostree errors become :mod:`treeship.err
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import shutil
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -22,7 +24,14 @@ import gi
 gi.require_version("OSTree", "1.0")
 from gi.repository import Gio, GLib, OSTree  # noqa: E402
 
-from .errors import RepoError, SigningError, SourceError, StorageError, UsageError  # noqa: E402
+from .errors import (  # noqa: E402
+    RepoError,
+    SigningError,
+    SourceError,
+    StorageError,
+    TransferError,
+    UsageError,
+)
 
 MODES = {"archive": OSTree.RepoMode.ARCHIVE, "bare-user": OSTree.RepoMode.BARE_USER}
 _MODE_NAMES = {
@@ -31,6 +40,15 @@ _MODE_NAMES = {
     OSTree.RepoMode.BARE: "bare",
     OSTree.RepoMode.BARE_USER_ONLY: "bare-user-only",
 }
+
+OBJECT_TYPES = {"file": OSTree.ObjectType.FILE, "dirtree": OSTree.ObjectType.DIR_TREE,
+                "dirmeta": OSTree.ObjectType.DIR_META, "commit": OSTree.ObjectType.COMMIT,
+                "commitmeta": OSTree.ObjectType.COMMIT_META}
+_OBJ_EXT = {int(v): k for k, v in OBJECT_TYPES.items()}
+_META_TYPES = {int(OSTree.ObjectType.DIR_TREE): ("(a(say)a(sayay))", OSTree.validate_structureof_dirtree),
+               int(OSTree.ObjectType.DIR_META): ("(uuua(ayay))", OSTree.validate_structureof_dirmeta),
+               int(OSTree.ObjectType.COMMIT): ("(a{sv}aya(say)sstayay)", OSTree.validate_structureof_commit),
+               int(OSTree.ObjectType.COMMIT_META): ("a{sv}", None)}
 
 #: Called from worker threads after each file is stored: (files, bytes) just done.
 FileProgress = Callable[[int, int], None]
@@ -86,22 +104,31 @@ def validate_branch(name: str) -> None:
     """Reject what OSTree would not accept as a ref name, with the reason."""
     try:
         OSTree.validate_rev(name)
-    except GLib.Error as e:
-        raise UsageError(f"invalid branch name {name!r}: {e.message}") from None
+    except GLib.Error:
+        # Not libostree's message: it repeats the name raw, control characters included.
+        raise UsageError(f"invalid branch name {name!r}: use components of letters, digits, '_', '-' and '.' "
+                         "(not starting with '-' or '.'), separated by single '/'") from None
     if name.startswith("/") or name.endswith("/") or "//" in name or ".." in name.split("/"):
         raise UsageError(f"invalid branch name {name!r}: empty or '..' path component")
 
 
 def _storage_error(e: GLib.Error, what: str) -> Exception:
-    if e.matches(Gio.io_error_quark(), Gio.IOErrorEnum.NO_SPACE):
-        return StorageError(f"{what}: no space left on device")
+    if _is_enospc(e):
+        return _no_space(e, what)
     return StorageError(f"{what}: {e.message}")
 
 
 def _is_enospc(e: BaseException) -> bool:
     if isinstance(e, OSError):
         return e.errno == errno.ENOSPC
-    return isinstance(e, GLib.Error) and e.matches(Gio.io_error_quark(), Gio.IOErrorEnum.NO_SPACE)
+    # libostree refuses a write that would eat into core.min-free-space-* with a plain error
+    return isinstance(e, GLib.Error) and (e.matches(Gio.io_error_quark(), Gio.IOErrorEnum.NO_SPACE)
+                                          or "min-free-space" in (e.message or ""))
+
+
+def _no_space(e: BaseException, what: object) -> StorageError:
+    detail = f" ({e.message})" if isinstance(e, GLib.Error) and "min-free-space" in (e.message or "") else ""
+    return StorageError(f"{what}: no space left on device{detail}")
 
 
 def _to_variant(value: Any) -> GLib.Variant:
@@ -355,19 +382,41 @@ class Repo:
         try:
             yield
         except BaseException:
-            try:
-                self._repo.abort_transaction(None)
-            except GLib.Error:
-                pass
+            self._abort_transaction()
             raise
         try:
             self._repo.commit_transaction(None)
         except GLib.Error as e:
-            try:
-                self._repo.abort_transaction(None)
-            except GLib.Error:
-                pass
+            self._abort_transaction()
             raise _storage_error(e, f"{self.path}: committing the transaction") from None
+
+    def _abort_transaction(self) -> None:
+        """Abort, and delete what was staged.
+
+        libostree leaves an aborted transaction's staging directory in tmp/ and the next
+        transaction reuses it, moving its objects (an unsigned commit, say) into objects/
+        on commit. It keeps the directory open while the transaction runs, and locked, so
+        it is found through /proc/self/fd and emptied before the lock is released.
+        """
+        tmp = os.path.realpath(self.path / "tmp")
+        staged = set()
+        try:
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    target = os.readlink(f"/proc/self/fd/{fd}")
+                except OSError:
+                    continue
+                if os.path.dirname(target) == tmp and os.path.basename(target).startswith("staging-") \
+                        and os.path.isdir(target):
+                    staged.add(target)
+        except OSError:
+            pass
+        for d in staged:
+            shutil.rmtree(d, ignore_errors=True)
+        try:
+            self._repo.abort_transaction(None)
+        except GLib.Error:
+            pass
 
     def set_ref(self, branch: str, checksum: str | None) -> None:
         self._repo.transaction_set_ref(None, branch, checksum)
@@ -550,6 +599,198 @@ class Repo:
             raise _storage_error(e, f"{self.path}: writing the commit") from None
         return csum
 
+    # -- objects, for push and receive ---------------------------------------------------------
+
+    def object_relpath(self, checksum: str, objtype: int) -> str:
+        """Where an object lives under objects/ (archive repos store content as .filez)."""
+        ext = _OBJ_EXT[objtype]
+        if objtype == OSTree.ObjectType.FILE and self.mode == "archive":
+            ext = "filez"
+        return f"{checksum[:2]}/{checksum[2:]}.{ext}"
+
+    def has_object(self, checksum: str, objtype: int) -> bool:
+        """Present and usable: a commit marked partial (its closure not yet checked) is not."""
+        if objtype == OSTree.ObjectType.COMMIT_META:
+            return (self.path / "objects" / self.object_relpath(checksum, objtype)).exists()
+        _, present = self._repo.has_object(objtype, checksum, None)
+        if present and objtype == OSTree.ObjectType.COMMIT:
+            _, _, state = self._repo.load_commit(checksum)
+            return not (state & OSTree.RepoCommitState.PARTIAL)
+        return bool(present)
+
+    def reachable(self, commit: str) -> set[tuple[str, int]]:
+        """Every object of a commit's closure (commit, dirtrees, dirmetas, files)."""
+        try:
+            _, objs = self._repo.traverse_commit(commit, 0, None)
+        except GLib.Error as e:
+            raise RepoError(f"commit {commit}: incomplete or unreadable: {e.message}") from None
+        return {(k[0], int(k[1])) for k in (key.unpack() for key in objs)}
+
+    def check_closure(self, commit: str) -> str | None:
+        """None when every object the commit needs is present, else what is missing."""
+        try:
+            self._repo.traverse_commit(commit, 0, None)
+        except GLib.Error as e:
+            return e.message
+        return None
+
+    def read_object_chunks(self, checksum: str, objtype: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """An object in archive form (content compressed), as the receiver stores it."""
+        if objtype != OSTree.ObjectType.FILE or self.mode == "archive":
+            path = self.path / "objects" / self.object_relpath(checksum, objtype)
+            with open(path, "rb") as f:
+                while block := f.read(chunk):
+                    yield block
+            return
+        _, inp, fi, xattrs = self._repo.load_file(checksum, None)
+        _, stream = OSTree.raw_file_to_archive_z2_stream(inp or Gio.MemoryInputStream.new(), fi, xattrs, None)
+        while True:
+            data = stream.read_bytes(chunk, None).get_data()
+            if not data:
+                return
+            yield bytes(data)
+
+    def install_object(self, tmp: Path, checksum: str, objtype: int) -> None:
+        """Verify an object received in archive form, then make it visible.
+
+        Nothing is trusted: metadata is hashed and its structure validated; content is
+        parsed and checksummed by libostree itself. Only then is the file renamed into
+        objects/ (archive repos: as received, no recompression).
+        """
+        size = tmp.stat().st_size
+        if objtype == OSTree.ObjectType.FILE:
+            inp = Gio.File.new_for_path(str(tmp)).read(None)
+            try:
+                _, stream, fi, xattrs = OSTree.content_stream_parse(True, inp, size, False, None)
+                _, raw = OSTree.checksum_file_from_input(fi, xattrs, stream, objtype, None)
+            except GLib.Error as e:
+                raise TransferError(f"object {checksum}.file: malformed: {e.message}") from None
+            finally:
+                inp.close(None)
+            got = OSTree.checksum_from_bytes(raw)
+            if got != checksum:
+                raise TransferError(f"object {checksum}.file: checksum mismatch (content hashes to {got})")
+            if self.mode != "archive":
+                self._write_content_from_archive(tmp, checksum, size)
+                return
+        else:
+            data = tmp.read_bytes()
+            got = hashlib.sha256(data).hexdigest()
+            if got != checksum:
+                raise TransferError(f"object {checksum}.{_OBJ_EXT[objtype]}: checksum mismatch (hashes to {got})")
+            _validate_metadata(data, checksum, objtype)
+        dest = self.path / "objects" / self.object_relpath(checksum, objtype)
+        dest.parent.mkdir(mode=0o755, exist_ok=True)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+
+    def _write_content_from_archive(self, tmp: Path, checksum: str, size: int) -> None:
+        inp = Gio.File.new_for_path(str(tmp)).read(None)
+        try:
+            _, stream, fi, xattrs = OSTree.content_stream_parse(True, inp, size, False, None)
+            _, content, length = OSTree.raw_file_to_content_stream(stream, fi, xattrs, None)
+            self._repo.write_content(checksum, content, length, None)
+        except GLib.Error as e:
+            raise TransferError(f"object {checksum}.file: {e.message}") from None
+        finally:
+            inp.close(None)
+
+    def mark_partial(self, commit: str, partial: bool) -> None:
+        self._repo.mark_commit_partial(commit, partial)
+
+    def merge_detached_signatures(self, commit: str, data: bytes) -> None:
+        """Add the signatures of a received .commitmeta to the commit's own, never dropping any."""
+        try:
+            v = GLib.Variant.new_from_bytes(GLib.VariantType.new("a{sv}"), GLib.Bytes.new(data), False)
+            if not v.is_normal_form():
+                raise TransferError(f"{commit}.commitmeta: not in normal form")
+            incoming = {v.get_child_value(i).get_child_value(0).get_string():
+                        v.get_child_value(i).get_child_value(1).get_variant() for i in range(v.n_children())}
+        except GLib.Error as e:
+            raise TransferError(f"{commit}.commitmeta: malformed: {e.message}") from None
+        for key, val in incoming.items():
+            if val.get_type_string() != "aay":
+                continue
+            sigs = [bytes(val.get_child_value(j).get_data_as_bytes().get_data() or b"")
+                    for j in range(val.n_children())]
+            self.append_detached_signatures(commit, key, sigs)
+
+    def is_ancestor(self, ancestor: str, commit: str) -> bool:
+        """True when ``ancestor`` is ``commit`` or one of its parents (as far as history is here)."""
+        cur: str | None = commit
+        while cur:
+            if cur == ancestor:
+                return True
+            _, present = self._repo.has_object(OSTree.ObjectType.COMMIT, cur, None)
+            if not present:
+                return False
+            cur = OSTree.commit_get_parent(self._commit_variant(cur))
+        return False
+
+    def set_refs(self, refs: dict[str, str | None]) -> None:
+        """Move several refs in one transaction (None deletes)."""
+        with self.transaction():
+            for name, checksum in refs.items():
+                self._repo.transaction_set_ref(None, name, checksum)
+
+    def regenerate_summary(self) -> None:
+        try:
+            self._repo.regenerate_summary(None, None)
+        except GLib.Error as e:
+            raise _storage_error(e, f"{self.path}: regenerating the summary") from None
+
+    def sign_summary_gpg(self, key_ids: list[str], homedir: str | None) -> None:
+        try:
+            self._repo.add_gpg_signature_summary(key_ids, homedir, None)
+        except GLib.Error as e:
+            raise SigningError(f"signing the summary with GPG: {e.message}") from None
+
+    def summary_bytes(self) -> bytes:
+        return (self.path / "summary").read_bytes()
+
+    def add_summary_signatures(self, key: str, signatures: list[bytes]) -> None:
+        """Append signatures to summary.sig (replaced atomically, so readers see old or new)."""
+        sig_path = self.path / "summary.sig"
+        entries: dict[str, GLib.Variant] = {}
+        if sig_path.exists():
+            old = GLib.Variant.new_from_bytes(GLib.VariantType.new("a{sv}"), GLib.Bytes.new(sig_path.read_bytes()),
+                                              False)
+            entries = {old.get_child_value(i).get_child_value(0).get_string():
+                       old.get_child_value(i).get_child_value(1).get_variant() for i in range(old.n_children())}
+        entries[key] = GLib.Variant("aay", signatures)
+        data = GLib.Variant("a{sv}", entries).get_data_as_bytes().get_data()
+        tmp = sig_path.with_name(f".summary.sig.{os.getpid()}")
+        tmp.write_bytes(bytes(data or b""))
+        os.replace(tmp, sig_path)
+
+    def generate_delta(self, from_commit: str | None, to_commit: str) -> None:
+        try:
+            self._repo.static_delta_generate(OSTree.StaticDeltaGenerateOpt.MAJOR, from_commit, to_commit,
+                                             None, None, None)
+        except GLib.Error as e:
+            raise StorageError(f"static delta {from_commit} → {to_commit}: {e.message}") from None
+
+    def remote_url(self, name: str) -> str | None:
+        try:
+            _, url = self._repo.remote_get_url(name)
+        except GLib.Error:
+            return None
+        return url
+
+    def remote_add(self, name: str, url: str) -> None:
+        try:
+            OSTree.validate_remote_name(name)
+        except GLib.Error as e:
+            raise UsageError(f"invalid remote name {name!r}: {e.message}") from None
+        opts = GLib.Variant("a{sv}", {"gpg-verify": GLib.Variant("b", False)})
+        try:
+            self._repo.remote_add(name, url, opts, None)
+        except GLib.Error as e:
+            raise RepoError(f"remote {name!r}: {e.message}") from None
+
+    def remotes(self) -> dict[str, str]:
+        return {n: self.remote_url(n) or "" for n in (self._repo.remote_list() or [])}
+
 
 def _lstat(path: Path) -> os.stat_result:
     try:
@@ -577,12 +818,16 @@ def _check_special_files(source: Path) -> None:
             mode = _lstat(Path(p)).st_mode
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
                 raise SourceError(f"{p}: {_kind(mode)}; a release holds only files, directories and symlinks")
+            # libostree's own error would name only the base name
+            need = os.R_OK | os.X_OK if stat.S_ISDIR(mode) else os.R_OK if stat.S_ISREG(mode) else 0
+            if need and not os.access(p, need):
+                raise SourceError(f"{p}: permission denied")
 
 
 def _file_error(e: BaseException, source_path: str, repo_path: Path) -> BaseException:
     """Say whose fault a failed file write was: the source's (unreadable) or the repo's."""
     if _is_enospc(e):
-        return StorageError(f"{repo_path}: no space left on device")
+        return _no_space(e, repo_path)
     if isinstance(e, GLib.Error):
         if e.matches(Gio.io_error_quark(), Gio.IOErrorEnum.PERMISSION_DENIED) or \
                 e.matches(Gio.io_error_quark(), Gio.IOErrorEnum.NOT_FOUND):
@@ -591,3 +836,17 @@ def _file_error(e: BaseException, source_path: str, repo_path: Path) -> BaseExce
     if isinstance(e, OSError):
         return SourceError(f"{source_path}: {e.strerror}")
     return e
+
+
+def _validate_metadata(data: bytes, checksum: str, objtype: int) -> None:
+    """A metadata object must be a well-formed GVariant of its type, in normal form."""
+    vtype, validator = _META_TYPES[objtype]
+    name = f"{checksum}.{_OBJ_EXT[objtype]}"
+    v = GLib.Variant.new_from_bytes(GLib.VariantType.new(vtype), GLib.Bytes.new(data), False)
+    if not v.is_normal_form():
+        raise TransferError(f"object {name}: not a valid {_OBJ_EXT[objtype]} (not in normal form)")
+    if validator is not None:
+        try:
+            validator(v)
+        except GLib.Error as e:
+            raise TransferError(f"object {name}: invalid: {e.message}") from None

@@ -1,8 +1,9 @@
 """Turn a release SOURCE (a directory or a tar archive) into a directory to commit.
 
 Archives are unpacked into a private temporary directory, refusing absolute paths,
-``..``, links that point out of the tree, and device nodes: a release must not carry
-what the extraction would not put back faithfully for every user.
+``..``, hard links out of the tree, anything written through a symlink that points out
+of it (a symlink itself, absolute or not, is content and is kept), and device nodes: a
+release must not carry what the extraction would not put back faithfully for every user.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from .errors import SourceError
+from .errors import SourceError, StorageError
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -52,8 +53,13 @@ def prepared(source: str | os.PathLike[str], *, keep_ownership: bool = False,
         raise SourceError(f"{path}: not a directory or a tar archive")
     with tempfile.TemporaryDirectory(prefix="treeship-src-", dir=workdir) as tmp:
         dest = Path(tmp) / "tree"
-        dest.mkdir()
-        extract_tar(path, dest, keep_ownership=keep_ownership)
+        # What the archive does not say (the root, parents it does not list) is 0755, not the umask's.
+        old_umask = os.umask(0o022)
+        try:
+            dest.mkdir(mode=0o755)
+            extract_tar(path, dest, keep_ownership=keep_ownership)
+        finally:
+            os.umask(old_umask)
         yield dest
 
 
@@ -89,8 +95,18 @@ def _extract_stream(archive: Path, fileobj: IO[bytes], dest: Path, keep_ownershi
     def member_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
         if member.ischr() or member.isblk() or member.isfifo():
             raise SourceError(f"{archive}: {member.name}: device nodes and FIFOs cannot be released")
+        # The member is extracted as given (modes are ours), so what tar_filter would only
+        # rewrite must be refused here: an absolute name would be written outside ``path``,
+        # and a hard link is made to a file on *this* machine (it checks no link target).
+        if member.name.startswith("/"):
+            raise SourceError(f"{archive}: {member.name}: absolute path in the archive")
+        if member.islnk():
+            root = os.path.realpath(path)
+            target = os.path.realpath(os.path.join(root, member.linkname))
+            if member.linkname.startswith("/") or os.path.commonpath([target, root]) != root:
+                raise SourceError(f"{archive}: {member.name}: hard link to {member.linkname!r}, outside the archive")
         try:
-            tarfile.tar_filter(member, path)  # checks paths and link targets; modes are ours
+            tarfile.tar_filter(member, path)  # checks that the path, through symlinks, stays inside
         except tarfile.FilterError as e:
             raise SourceError(f"{archive}: {member.name}: {e}") from None
         return member
@@ -104,5 +120,5 @@ def _extract_stream(archive: Path, fileobj: IO[bytes], dest: Path, keep_ownershi
         raise SourceError(f"{archive}: corrupt tar archive ({e})") from None
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise SourceError(f"{archive}: no space left to unpack it in {dest.parent}") from None
+            raise StorageError(f"{archive}: no space left on device to unpack it in {dest.parent}") from None
         raise SourceError(f"{archive}: cannot unpack: {e.strerror or e}") from None

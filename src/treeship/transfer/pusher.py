@@ -1,0 +1,177 @@
+"""The pushing end: work out what the receiver lacks and stream it in one pass.
+
+Objects travel in archive form (content already compressed), content first, then
+directory metadata and trees, each commit last with its signatures (.commitmeta). The
+commit ids and signatures that land are byte-for-byte the local ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import PushRejected, RepoError, TransferError, TreeshipError, UsageError
+from ..repo import OBJECT_TYPES, Repo
+from . import wire
+from .transport import Connection, Target, parse_url, receive_argv
+
+QUERY_BATCH = 50_000
+_TYPE_NAMES = {int(v): k for k, v in OBJECT_TYPES.items()}
+# Send order: what others point at goes first; commits (with their signatures) last.
+_ORDER = {"file": 0, "dirmeta": 1, "dirtree": 2, "commit": 3, "commitmeta": 4}
+
+#: (objects done, bytes done, objects total, bytes total)
+PushProgress = Callable[[int, int, int, int], None]
+
+
+@dataclass
+class RefResult:
+    ref: str
+    old: str | None
+    new: str | None
+    status: str
+    reason: str = ""
+
+
+@dataclass
+class PushResult:
+    remote: str
+    refs: list[RefResult]
+    objects_sent: int = 0
+    bytes_sent: int = 0
+    wire_bytes: int = 0
+    seconds: float = 0.0
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status in ("ok", "uptodate") for r in self.refs)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def resolve_remote(repo: Repo, remote: str) -> Target:
+    """A remote name from the repo's config, or a URL / path given directly."""
+    url = repo.remote_url(remote)
+    if url is None:
+        if "://" in remote or "/" in remote or remote.startswith("."):
+            url = remote
+        else:
+            raise UsageError(f"unknown remote {remote!r} (add it with 'treeship remote add {remote} URL')")
+    return parse_url(url)
+
+
+def push(repo: Repo, remote: str, branches: list[str], *, force: bool = False, ssh_command: str | None = None,
+         receive_command: str | None = None, progress: PushProgress | None = None) -> PushResult:
+    """Push ``branches`` of ``repo`` to ``remote``; raise PushRejected if a ref was refused."""
+    started = time.monotonic()
+    if not branches:
+        raise UsageError("name at least one branch to push")
+    heads = {b: repo.require(b) for b in branches}
+    target = resolve_remote(repo, remote)
+    conn = Connection(receive_argv(target, ssh_command=ssh_command, receive_command=receive_command,
+                                   create=target.kind == "local"))
+    try:
+        result = _session(repo, conn, str(target), heads, force, progress)
+    except TreeshipError as e:
+        conn.close(kill=True)
+        tail = conn.stderr_tail()
+        if isinstance(e, TransferError) and tail and tail not in e.message and not e.message.startswith("remote"):
+            raise TransferError(f"{e.message} ({tail})") from None
+        raise
+    rc = conn.close()
+    result.seconds = round(time.monotonic() - started, 3)
+    if rc != 0 and result.ok:
+        raise TransferError(f"receiver exited with status {rc}: {conn.stderr_tail() or 'no message'}")
+    if not result.ok:
+        bad = [r for r in result.refs if r.status == "rejected"]
+        raise PushRejected("; ".join(f"{r.ref}: {r.reason}" for r in bad), result)
+    return result
+
+
+def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], force: bool,
+             progress: PushProgress | None) -> PushResult:
+    reader, writer = wire.Reader(conn.rfd, timeout=None), wire.Writer(conn.wfd)
+    writer.send_json(wire.HELLO, {"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION})
+    writer.flush()
+    hello = reader.expect(wire.HELLO).json()
+    if hello.get("magic") != wire.MAGIC or hello.get("protocol") != wire.PROTOCOL_VERSION:
+        raise TransferError(f"{remote}: the receiver speaks another protocol ({hello.get('protocol')!r})")
+    remote_refs: dict[str, str] = hello.get("refs") or {}
+    updates = [{"ref": b, "old": remote_refs.get(b), "new": c} for b, c in heads.items()]
+    writer.send_json(wire.UPDATE, {"updates": updates, "force": force})
+    writer.flush()
+    pre = reader.expect(wire.PREFLIGHT).json()
+    results = [RefResult(**{k: r.get(k) for k in ("ref", "old", "new", "status", "reason")})
+               for r in pre.get("refs", [])]
+    result = PushResult(remote, results)
+    go = [r for r in results if r.status == "ok"]
+    if not go:
+        result.wire_bytes = writer.bytes_written
+        return result
+    wanted = _candidates(repo, [r.new for r in go if r.new], remote_refs)
+    missing = _query(reader, writer, sorted(wanted, key=lambda o: (_ORDER[_TYPE_NAMES[o[1]]], o[0])))
+    total_bytes = sum(_size(repo, c, t) for c, t in missing)
+    done_objects = done_bytes = 0
+    for csum, objtype in missing:
+        writer.send(wire.OBJECT, bytes([objtype]) + bytes.fromhex(csum))
+        for chunk in repo.read_object_chunks(csum, objtype, wire.CHUNK):
+            writer.send(wire.DATA, chunk)
+            done_bytes += len(chunk)
+        writer.send(wire.END)
+        done_objects += 1
+        if progress:
+            progress(done_objects, done_bytes, len(missing), total_bytes)
+    writer.send_json(wire.FINISH, {})
+    writer.flush()
+    status = reader.expect(wire.STATUS).json()
+    final = {r.get("ref"): r for r in status.get("refs", [])}
+    for r in results:
+        if r.ref in final:
+            r.status = final[r.ref].get("status", r.status)
+            r.reason = final[r.ref].get("reason", "")
+    result.objects_sent, result.bytes_sent = done_objects, done_bytes
+    result.wire_bytes = writer.bytes_written
+    return result
+
+
+def _candidates(repo: Repo, commits: list[str], remote_refs: dict[str, str]) -> set[tuple[str, int]]:
+    """Objects of the new commits, less those of remote heads we have too (they are there)."""
+    wanted: set[tuple[str, int]] = set()
+    for c in commits:
+        wanted |= repo.reachable(c)
+        if repo.detached_metadata(c):
+            wanted.add((c, int(OBJECT_TYPES["commitmeta"])))
+    for head in set(remote_refs.values()):
+        if head in commits or not repo.has_commit(head):
+            continue
+        try:
+            have = repo.reachable(head)
+        except RepoError:
+            continue  # our copy of it is partial: ask the receiver instead
+        wanted -= have
+    return wanted
+
+
+def _query(reader: wire.Reader, writer: wire.Writer, objects: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Ask the receiver which candidates it lacks, in batches; keep the send order."""
+    missing: set[str] = set()
+    names = [f"{c}.{_TYPE_NAMES[t]}" for c, t in objects]
+    for i in range(0, len(names), QUERY_BATCH):
+        writer.send_json(wire.QUERY, {"objects": names[i:i + QUERY_BATCH]})
+        writer.flush()
+        answer = reader.expect(wire.MISSING).json().get("objects", [])
+        missing.update(answer)
+    return [o for o, n in zip(objects, names, strict=True) if n in missing]
+
+
+def _size(repo: Repo, checksum: str, objtype: int) -> int:
+    try:
+        return (repo.path / "objects" / repo.object_relpath(checksum, objtype)).stat().st_size
+    except OSError:
+        return 0

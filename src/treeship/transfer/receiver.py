@@ -1,0 +1,361 @@
+"""The receiving end of a push (``treeship receive``), typically an SSH forced command.
+
+Invariants (each has a test): an object becomes visible only after libostree has
+checksummed it here; a commit stays marked partial until its whole closure is present; a
+ref moves only after closure, policy, signatures and fast-forward are all checked, under a
+lock, and all refs of one push move together or not at all. Whatever arrived is kept, so
+a retry sends only what is still missing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__, signing
+from ..errors import TransferError, TreeshipError
+from ..policy import Policy
+from ..repo import OBJECT_TYPES, Repo, validate_branch
+from . import wire
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_TYPE_NAMES = {int(v): k for k, v in OBJECT_TYPES.items()}
+MAX_COMMITMETA = 16 << 20
+LOCK_NAME = ".treeship-receive.lock"
+TMP_PREFIX = "treeship-receive-"
+
+
+@dataclass
+class Update:
+    ref: str
+    old: str | None  # what the pusher saw on the receiver
+    new: str | None  # None: delete
+    status: str = "ok"  # ok | rejected | uptodate
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ref": self.ref, "old": self.old, "new": self.new, "status": self.status, "reason": self.reason}
+
+    def reject(self, reason: str) -> None:
+        self.status, self.reason = "rejected", reason
+
+
+def parse_object_name(name: Any) -> tuple[str, int]:
+    """``<64 hex>.<type>`` → (checksum, type); anything else is a protocol error."""
+    if not isinstance(name, str) or "." not in name:
+        raise TransferError(f"protocol error: bad object name {str(name)[:80]!r}")
+    csum, _, tname = name.partition(".")
+    if not _HEX64.match(csum) or tname not in OBJECT_TYPES:
+        raise TransferError(f"protocol error: bad object name {name[:80]!r}")
+    return csum, int(OBJECT_TYPES[tname])
+
+
+class Receiver:
+    """One push session over a pair of file descriptors."""
+
+    def __init__(self, repo_path: str, policy: Policy, key_id: str | None, rfd: int, wfd: int,
+                 timeout: float | None = 300.0, create: bool = False) -> None:
+        self.repo_path = repo_path
+        self.policy = policy
+        self.key_id = key_id
+        self.reader = wire.Reader(rfd, timeout)
+        self.writer = wire.Writer(wfd)
+        self.create = create
+        self.received_bytes = 0
+
+    def run(self) -> None:
+        try:
+            self._session()
+        except TreeshipError as e:
+            try:
+                self.writer.send_json(wire.ERROR, {"message": e.message})
+                self.writer.flush()
+            except TreeshipError:
+                pass
+            raise
+
+    # -- phases ---------------------------------------------------------------------------------
+
+    def _session(self) -> None:
+        hello = self.reader.expect(wire.HELLO).json()
+        if hello.get("magic") != wire.MAGIC:
+            raise TransferError("protocol error: not a treeship pusher")
+        if hello.get("protocol") != wire.PROTOCOL_VERSION:
+            raise TransferError(f"protocol version {hello.get('protocol')!r} not supported "
+                                f"(this receiver speaks {wire.PROTOCOL_VERSION})")
+        if self.create and not Repo.is_repo(self.repo_path):
+            Repo.create(self.repo_path, "archive")
+        repo = Repo.open(self.repo_path)
+        self.repo = repo
+        self.writer.send_json(wire.HELLO, {"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION,
+                                           "server": f"treeship {__version__}", "mode": repo.mode,
+                                           "refs": repo.refs(), "key_id": self.key_id})
+        self.writer.flush()
+        updates = self._read_updates()
+        self.writer.send_json(wire.PREFLIGHT, {"refs": [u.to_dict() for u in updates]})
+        self.writer.flush()
+        if not any(u.status == "ok" for u in updates):
+            return
+        with _SessionDir(repo.path / "tmp") as tmp:
+            commits, metas = self._receive_objects(tmp)
+            for csum, path in commits.items():
+                repo.mark_partial(csum, True)
+                repo.install_object(path, csum, int(OBJECT_TYPES["commit"]))
+            for csum in commits:
+                if repo.check_closure(csum) is None:
+                    repo.mark_partial(csum, False)
+            for csum, data in metas.items():
+                if not repo.has_object(csum, int(OBJECT_TYPES["commit"])):
+                    raise TransferError(f"signatures for commit {csum}, which is not here")
+                repo.merge_detached_signatures(csum, data)
+        self._move_refs(updates)
+        self.writer.send_json(wire.STATUS, {"refs": [u.to_dict() for u in updates],
+                                            "received_bytes": self.received_bytes})
+        self.writer.flush()
+
+    def _read_updates(self) -> list[Update]:
+        msg = self.reader.expect(wire.UPDATE).json()
+        force = bool(msg.get("force", False))
+        raw = msg.get("updates")
+        if not isinstance(raw, list) or not raw:
+            raise TransferError("protocol error: UPDATE lists no refs")
+        updates: list[Update] = []
+        seen: set[str] = set()
+        for item in raw:
+            if not isinstance(item, dict) or not isinstance(item.get("ref"), str):
+                raise TransferError("protocol error: malformed ref update")
+            ref, new, old = item["ref"], item.get("new"), item.get("old")
+            for value in (new, old):
+                if value is not None and (not isinstance(value, str) or not _HEX64.match(value)):
+                    raise TransferError(f"protocol error: {ref[:80]!r}: bad commit checksum")
+            u = Update(ref, old, new)
+            updates.append(u)
+            try:
+                validate_branch(ref)
+            except TreeshipError as e:
+                u.reject(e.message)
+                continue
+            if ref in seen:
+                u.reject("listed twice")
+                continue
+            seen.add(ref)
+            self._preflight(u, force)
+        self.force = force
+        return updates
+
+    def _preflight(self, u: Update, force: bool) -> None:
+        """Everything decidable before objects travel: key rights, protection, no-ops."""
+        reason = self.policy.may_write(self.key_id, u.ref)
+        if reason:
+            u.reject(reason)
+            return
+        current = self.repo.resolve(u.ref)
+        if u.new is None:
+            if self.policy.is_protected(u.ref):
+                u.reject("protected branch: it can never be deleted")
+            elif not (force and self.policy.may_force(self.key_id, u.ref)):
+                u.reject("deleting a branch needs --force where the policy allows it")
+            elif current is None:
+                u.status, u.reason = "uptodate", "no such branch"
+            return
+        if current == u.new:
+            u.status, u.reason = "uptodate", "already there"
+            return
+        if current and self.repo.has_object(u.new, int(OBJECT_TYPES["commit"])) \
+                and not self.repo.is_ancestor(current, u.new):
+            self._check_rewind(u, force)
+
+    def _check_rewind(self, u: Update, force: bool) -> None:
+        if self.policy.is_protected(u.ref):
+            u.reject("non-fast-forward: protected branch, it can never be rewound")
+        elif not force:
+            u.reject("non-fast-forward (use --force where the policy allows it)")
+        elif not self.policy.may_force(self.key_id, u.ref):
+            u.reject("non-fast-forward: --force is not allowed on this branch for this key")
+
+    def _receive_objects(self, tmp: Path) -> tuple[dict[str, Path], dict[str, bytes]]:
+        commits: dict[str, Path] = {}
+        metas: dict[str, bytes] = {}
+        pending: list[Future[None]] = []
+        counter = 0
+        with ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="treeship-verify") as pool:
+            try:
+                while True:
+                    frame = self.reader.read()
+                    if frame.type == wire.QUERY:
+                        self._answer_query(frame)
+                    elif frame.type == wire.OBJECT:
+                        counter += 1
+                        csum, objtype, path = self._read_object(frame, tmp, counter)
+                        name = _TYPE_NAMES.get(objtype)
+                        if name == "commit":
+                            commits[csum] = path
+                        elif name == "commitmeta":
+                            metas[csum] = path.read_bytes()
+                        else:
+                            pending.append(pool.submit(self.repo.install_object, path, csum, objtype))
+                        pending = _reap(pending)
+                    elif frame.type == wire.FINISH:
+                        break
+                    elif frame.type == wire.ERROR:
+                        raise TransferError(f"pusher error: {frame.json().get('message', '?')}")
+                    else:
+                        raise TransferError(f"protocol error: unexpected frame {frame.type!r}")
+                for fut in pending:
+                    fut.result()
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
+        return commits, metas
+
+    def _answer_query(self, frame: wire.Frame) -> None:
+        names = frame.json().get("objects")
+        if not isinstance(names, list):
+            raise TransferError("protocol error: QUERY without an object list")
+        missing = []
+        for name in names:
+            csum, objtype = parse_object_name(name)
+            if _TYPE_NAMES[objtype] == "commitmeta":
+                missing.append(name)  # signatures are merged, never assumed present
+            elif not self.repo.has_object(csum, objtype):
+                missing.append(name)
+        self.writer.send_json(wire.MISSING, {"objects": missing})
+        self.writer.flush()
+
+    def _read_object(self, frame: wire.Frame, tmp: Path, n: int) -> tuple[str, int, Path]:
+        if len(frame.payload) != 33:
+            raise TransferError("protocol error: malformed OBJECT frame")
+        objtype = frame.payload[0]
+        if objtype not in _TYPE_NAMES:
+            raise TransferError(f"protocol error: unknown object type {objtype}")
+        csum = frame.payload[1:].hex()
+        limit = MAX_COMMITMETA if _TYPE_NAMES[objtype] == "commitmeta" else self.policy.max_object_size
+        path = tmp / f"{n}.{_TYPE_NAMES[objtype]}"
+        size = 0
+        with open(path, "wb") as f:
+            while True:
+                chunk = self.reader.read()
+                if chunk.type == wire.END:
+                    break
+                if chunk.type != wire.DATA:
+                    raise TransferError(f"protocol error: {chunk.type!r} inside object {csum}")
+                size += len(chunk.payload)
+                self.received_bytes += len(chunk.payload)
+                if size > limit:
+                    raise TransferError(f"object {csum}.{_TYPE_NAMES[objtype]} exceeds the limit of {limit} bytes")
+                if self.received_bytes > self.policy.max_push_size:
+                    raise TransferError(f"push exceeds the limit of {self.policy.max_push_size} bytes")
+                f.write(chunk.payload)
+        return csum, objtype, path
+
+    def _move_refs(self, updates: list[Update]) -> None:
+        repo = self.repo
+        live = [u for u in updates if u.status == "ok"]
+        for u in live:
+            if u.new is None:
+                continue
+            missing = repo.check_closure(u.new) if repo.has_commit(u.new) else "commit not received"
+            if missing:
+                u.reject(f"incomplete commit {u.new[:12]}: {missing}")
+                continue
+            binding = repo.commit(u.new).metadata.get("ostree.ref-binding")
+            if binding is not None and u.ref not in binding:
+                u.reject(f"commit {u.new[:12]} is bound to {', '.join(binding) or 'no branch'}, not this one")
+                continue
+            self._check_signatures(u)
+        with open(repo.path / LOCK_NAME, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for u in live:
+                if u.status != "ok" or u.new is None:
+                    continue
+                current = repo.resolve(u.ref)
+                if current and current != u.new and not repo.is_ancestor(current, u.new):
+                    self._check_rewind(u, self.force)
+            if any(u.status == "rejected" for u in updates):
+                for u in live:
+                    if u.status == "ok":
+                        u.reject("not moved: another ref of this push was rejected")
+                return
+            previous = {u.ref: repo.resolve(u.ref) for u in live}
+            repo.set_refs({u.ref: u.new for u in live})
+            if live:
+                self._publish(live, previous)
+
+    def _check_signatures(self, u: Update) -> None:
+        assert u.new is not None
+        for rule in self.policy.signature_rules(u.ref):
+            keys = [k for spec in rule.ed25519_keys for k in signing.load_ed25519_public(spec)]
+            try:
+                result = signing.verify(self.repo, u.new, gpg_homedir=rule.gpg_homedir,
+                                        gpg_keyring=rule.gpg_keyring, ed25519_keys=keys)
+            except TreeshipError as e:
+                u.reject(f"signature check failed: {e.message}")
+                return
+            if result.bad:
+                u.reject(f"bad signature on {u.new[:12]}")
+                return
+            if not result.good:
+                u.reject(f"commit {u.new[:12]} is not signed by a key the policy trusts")
+                return
+
+    def _publish(self, moved: list[Update], previous: dict[str, str | None]) -> None:
+        """Deltas, then the summary (and its signatures): what clients fetch first."""
+        repo = self.repo
+        if self.policy.deltas:
+            for u in moved:
+                if u.new and previous.get(u.ref) and previous[u.ref] != u.new:
+                    repo.generate_delta(previous[u.ref], u.new)
+        repo.regenerate_summary()
+        s = self.policy.summary
+        if s.gpg_sign:
+            repo.sign_summary_gpg(s.gpg_sign, s.gpg_homedir)
+        if s.ed25519_secret:
+            key = signing.load_ed25519_secret(s.ed25519_secret)
+            repo.add_summary_signatures(signing.ED25519_KEY, [key.signing_key.sign(repo.summary_bytes()).signature])
+
+
+def _reap(pending: list[Future[None]]) -> list[Future[None]]:
+    """Raise the first verification failure early; keep the unfinished jobs."""
+    still = []
+    for fut in pending:
+        if fut.done():
+            fut.result()
+        else:
+            still.append(fut)
+    return still
+
+
+class _SessionDir:
+    """A private directory under the repo's tmp/, locked while in use; stale ones are swept."""
+
+    def __init__(self, tmp_root: Path) -> None:
+        self.root = tmp_root
+
+    def __enter__(self) -> Path:
+        self.root.mkdir(exist_ok=True)
+        self._sweep()
+        self.path = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.root))
+        self._lock = open(self.path / ".lock", "w")  # noqa: SIM115 - held for the session
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._lock.close()
+
+    def _sweep(self) -> None:
+        for d in self.root.glob(f"{TMP_PREFIX}*"):
+            try:
+                with open(d / ".lock", "a") as f:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    shutil.rmtree(d, ignore_errors=True)
+            except OSError:
+                continue  # in use by a live session

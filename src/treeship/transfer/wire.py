@@ -1,0 +1,150 @@
+"""The wire format, and nothing else: frames over a pair of file descriptors.
+
+A frame is ``type`` (1 byte) ``length`` (4 bytes, big-endian) ``payload``. Control
+frames carry JSON objects; an object travels as OBJECT (1-byte OSTree object type +
+32-byte binary checksum), then DATA chunks, then END. Lengths are bounded on reading, so a
+hostile length field costs nothing; a silent peer hits the idle timeout, not a hang.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import TransferError
+
+PROTOCOL_VERSION = 1
+MAGIC = "treeship-push"
+
+HELLO = b"H"  # JSON both ways: protocol, versions; the receiver adds its refs and mode
+UPDATE = b"U"  # JSON pusher→receiver: the ref updates wanted, and --force
+PREFLIGHT = b"P"  # JSON receiver→pusher: per ref, may it go on (policy known without objects)
+QUERY = b"Q"  # JSON pusher→receiver: object names the pusher could send
+MISSING = b"M"  # JSON receiver→pusher: the ones the receiver lacks
+OBJECT = b"O"  # binary: object type (1 byte) + checksum (32 bytes)
+DATA = b"D"  # binary: a chunk of the current object (archive form)
+END = b"E"  # end of the current object
+FINISH = b"F"  # JSON pusher→receiver: all objects sent; move the refs
+STATUS = b"S"  # JSON receiver→pusher: one status per ref
+ERROR = b"X"  # JSON either way: fatal, with a message
+
+CONTROL_TYPES = {HELLO, UPDATE, PREFLIGHT, QUERY, MISSING, FINISH, STATUS, ERROR}
+ALL_TYPES = CONTROL_TYPES | {OBJECT, DATA, END}
+MAX_CONTROL = 16 << 20  # a QUERY of ~250k object names
+MAX_DATA = 1 << 20
+CHUNK = 1 << 20
+_HEADER = struct.Struct(">cI")
+
+
+@dataclass
+class Frame:
+    type: bytes
+    payload: bytes
+
+    def json(self) -> dict[str, Any]:
+        try:
+            obj = json.loads(self.payload)
+        except (ValueError, UnicodeDecodeError):
+            raise TransferError(f"protocol error: frame {self.type!r} is not valid JSON") from None
+        if not isinstance(obj, dict):
+            raise TransferError(f"protocol error: frame {self.type!r} is not a JSON object")
+        return obj
+
+
+def encode(ftype: bytes, payload: bytes = b"") -> bytes:
+    return _HEADER.pack(ftype, len(payload)) + payload
+
+
+def encode_json(ftype: bytes, obj: dict[str, Any]) -> bytes:
+    return encode(ftype, json.dumps(obj, separators=(",", ":")).encode())
+
+
+class Reader:
+    """Buffered frame reader over a file descriptor, with an idle timeout."""
+
+    def __init__(self, fd: int, timeout: float | None = None) -> None:
+        self.fd = fd
+        self.timeout = timeout
+        self._buf = bytearray()
+        self._pos = 0
+        self.bytes_read = 0
+
+    def _fill(self, need: int) -> None:
+        while len(self._buf) - self._pos < need:
+            if self._pos:
+                del self._buf[: self._pos]
+                self._pos = 0
+            if self.timeout is not None:
+                ready, _, _ = select.select([self.fd], [], [], self.timeout)
+                if not ready:
+                    raise TransferError(f"the peer sent nothing for {self.timeout:.0f} s; giving up")
+            try:
+                chunk = os.read(self.fd, max(CHUNK, need))
+            except OSError as e:
+                raise TransferError(f"connection lost: {e.strerror}") from None
+            if not chunk:
+                raise TransferError("connection closed by the peer")
+            self._buf += chunk
+            self.bytes_read += len(chunk)
+
+    def read(self) -> Frame:
+        self._fill(_HEADER.size)
+        ftype, length = _HEADER.unpack_from(self._buf, self._pos)
+        if ftype not in ALL_TYPES:
+            raise TransferError(f"protocol error: unknown frame type {ftype!r}")
+        limit = MAX_DATA if ftype == DATA else (32 + 1 if ftype == OBJECT else MAX_CONTROL)
+        if length > limit:
+            raise TransferError(f"protocol error: frame {ftype!r} of {length} bytes exceeds {limit}")
+        self._fill(_HEADER.size + length)
+        start = self._pos + _HEADER.size
+        payload = bytes(self._buf[start:start + length])
+        self._pos = start + length
+        return Frame(ftype, payload)
+
+    def expect(self, ftype: bytes) -> Frame:
+        frame = self.read()
+        if frame.type == ERROR:
+            raise TransferError(f"remote error: {frame.json().get('message', '?')}")
+        if frame.type != ftype:
+            raise TransferError(f"protocol error: expected frame {ftype!r}, got {frame.type!r}")
+        return frame
+
+
+class Writer:
+    """Frame writer over a file descriptor; small frames are batched into one write."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self.bytes_written = 0
+
+    def send(self, ftype: bytes, payload: bytes = b"") -> None:
+        self._pending.append(_HEADER.pack(ftype, len(payload)))
+        self._pending.append(payload)
+        self._pending_size += _HEADER.size + len(payload)
+        if self._pending_size >= CHUNK:
+            self.flush()
+
+    def send_json(self, ftype: bytes, obj: dict[str, Any]) -> None:
+        self.send(ftype, json.dumps(obj, separators=(",", ":")).encode())
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        data = memoryview(b"".join(self._pending))
+        self._pending.clear()
+        self._pending_size = 0
+        try:
+            while data:
+                n = os.write(self.fd, data)
+                data = data[n:]
+                self.bytes_written += n
+        except BrokenPipeError:
+            raise TransferError("connection closed by the peer") from None
+        except OSError as e:
+            raise TransferError(f"connection lost: {e.strerror}") from None
