@@ -1,6 +1,7 @@
 #!/bin/bash
 # The main job on an embedded default: release a sample tree with its provenance into
 # ./releases, signed with a throwaway GPG key and a throwaway ed25519 key, then show it.
+# Then pushes it to ./world, a local-path remote that runs the same receiver as SSH does.
 # Idempotent: keys and tree are made once under ./demo; a rerun with nothing changed is
 # refused by treeship (exit 9) and the demo goes on with the existing release.
 set -euo pipefail
@@ -56,5 +57,12 @@ treeship verify "$BRANCH" --gpg-homedir "$DEMO/gnupg" --ed25519-pubkey "$DEMO/re
 step "the ostree CLI agrees: ostree show --gpg-homedir, ostree fsck"
 ostree show --repo="$REPO" "$BRANCH" --gpg-homedir="$DEMO/gnupg" | grep -E '^commit|Good signature|Version'
 ostree fsck --repo="$REPO" | tail -1
+step "treeship push ./world $BRANCH   (a local-path remote: the same code path as ssh://)"
+treeship push ./world "$BRANCH"
+step "treeship log $BRANCH --repo world   (commit ids and signatures arrived unchanged)"
+treeship log "$BRANCH" --repo world
+treeship verify "$BRANCH" --repo world --gpg-homedir "$DEMO/gnupg" --ed25519-pubkey "$DEMO/release.pub" | tail -2
+ostree fsck --repo=world | tail -1
 echo
-echo "Done. The releases repository is ./$REPO (archive mode: serve it over HTTP as it is)."
+echo "Done. ./$REPO is the local releases repository; ./world is the published one (archive"
+echo "mode: serve it over HTTP as it is). To a server: treeship push ssh://user@host/srv/releases $BRANCH"
