@@ -106,6 +106,9 @@ def init(repo_path: str, mode: str, collection_id: str | None, as_json: bool) ->
         repo = Repo.open(repo_path)
         if repo.mode != mode:
             raise UsageError(f"{repo_path}: already a repository in {repo.mode} mode, not {mode}")
+        if collection_id is not None and repo.collection_id != collection_id:
+            raise UsageError(f"{repo_path}: already a repository with collection ID "
+                             f"{repo.collection_id or '(none)'}, not {collection_id}")
         created = False
     else:
         repo = Repo.create(repo_path, mode, collection_id)

@@ -1,0 +1,429 @@
+"""`treeship release` and `treeship init`, checked with the `ostree` CLI as the independent judge."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pty
+import re
+import subprocess
+import threading
+from pathlib import Path
+
+from gi.repository import GLib
+
+from conftest import EXAMPLE_MANIFEST, ostree, treeship_command
+
+BRANCH = "demo/x86_64"
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def rev_parse(repo: Path, ref: str) -> str:
+    return ostree("rev-parse", "--repo", repo, ref).stdout.strip()
+
+
+def metadata(repo: Path, ref: str, key: str):
+    """One commit metadata value as `ostree show` prints it (GVariant text), unpacked."""
+    text = ostree("show", "--repo", repo, ref, f"--print-metadata-key={key}").stdout
+    return GLib.Variant.parse(None, text, None, None).unpack()
+
+
+def root_checksums(repo: Path, ref: str) -> tuple[str, str]:
+    """(contents checksum, metadata checksum) of the root directory, as `ostree ls -C` prints them."""
+    fields = ostree("ls", "--repo", repo, "-d", "-C", ref, "/").stdout.split()
+    assert fields[-1] == "/", fields
+    return fields[-3], fields[-2]
+
+
+def listing(repo: Path, ref: str) -> list[list[str]]:
+    """`ostree ls -R -C`: mode, uid, gid, size, checksum(s), path [-> target] per entry."""
+    return [line.split() for line in ostree("ls", "--repo", repo, "-R", "-C", ref, "/").stdout.splitlines()]
+
+
+def repo_mode(repo: Path) -> str:
+    mode = ostree("config", "--repo", repo, "get", "core.mode").stdout.strip()
+    return "archive" if mode == "archive-z2" else mode  # libostree writes the legacy name
+
+
+def commit_objects(repo: Path) -> list[Path]:
+    return sorted((repo / "objects").glob("*/*.commit"))
+
+
+def ostree_commit(tree: Path, *extra: str) -> Path:
+    """`ostree commit` of ``tree`` into a fresh archive repo next to it; return the repo."""
+    other = tree.parent / f"ostree-commit{'-'.join(extra)}"
+    ostree("init", "--repo", other, "--mode=archive")
+    ostree("commit", "--repo", other, "--branch", BRANCH, *extra, tree)
+    return other
+
+
+def release(treeship, tree: Path, repo: Path, *args: str, rc: int | None = 0, branch: str = BRANCH):
+    return treeship("release", tree, "--repo", repo, "--branch", branch, *args, "--json", rc=rc)
+
+
+# -- releasing a directory --------------------------------------------------------------------
+
+
+def test_release_is_an_ostree_commit_with_metadata(treeship, sample_tree, repo):
+    out = release(treeship, sample_tree, repo, "--version", "1.0").json()
+
+    assert out["commit"] == rev_parse(repo, BRANCH)
+    assert out["branch"] == BRANCH
+    assert out["version"] == "1.0"
+    assert out["parent"] is None
+    assert out["subject"] == f"{BRANCH} 1.0"
+    assert out["signatures"] == []
+    regular = [p for p in sample_tree.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert out["files"] == len(regular) == 6
+    assert out["bytes"] == sum(p.stat().st_size for p in regular)
+
+    assert "no errors found" in ostree("fsck", "--repo", repo).stdout
+    assert repo_mode(repo) == "archive"
+    assert metadata(repo, BRANCH, "version") == "1.0"
+    assert metadata(repo, BRANCH, "ostree.ref-binding") == [BRANCH]
+    # No provenance given: no provenance key.
+    assert ostree("show", "--repo", repo, BRANCH, "--print-metadata-key=treeship.provenance", check=False).returncode
+    # An unsigned release carries no signature entries at all (no empty ed25519 list either).
+    assert not list((repo / "objects").glob("*/*.commitmeta"))
+
+    # The content is the tree: a file and a symlink read back through ostree.
+    assert ostree("cat", "--repo", repo, BRANCH, "/etc/os-release").stdout == "NAME=Example\nVERSION=1\n"
+    assert "/usr/lib/libfoo.so -> libfoo.so.1" in ostree("ls", "--repo", repo, BRANCH, "/usr/lib").stdout
+    # The commit checksum is the sha256 of the .commit object.
+    (obj,) = commit_objects(repo)
+    assert hashlib.sha256(obj.read_bytes()).hexdigest() == out["commit"]
+    assert obj.name == out["commit"][2:] + ".commit"
+
+
+def test_second_release_has_first_as_parent(treeship, sample_tree, repo):
+    first = release(treeship, sample_tree, repo, "--version", "1").json()["commit"]
+    (sample_tree / "etc" / "os-release").write_text("NAME=Example\nVERSION=2\n")
+    second = release(treeship, sample_tree, repo, "--version", "2").json()
+
+    assert second["parent"] == first
+    assert rev_parse(repo, BRANCH) == second["commit"]
+    assert rev_parse(repo, f"{BRANCH}^") == first
+    log = ostree("log", "--repo", repo, BRANCH).stdout
+    assert log.index(f"commit {second['commit']}") < log.index(f"commit {first}")
+    assert metadata(repo, f"{BRANCH}^", "version") == "1"
+    assert metadata(repo, BRANCH, "version") == "2"
+    assert "no errors found" in ostree("fsck", "--repo", repo).stdout
+
+
+def test_subject_and_body(treeship, sample_tree, repo):
+    release(treeship, sample_tree, repo, "--version", "3.1", "--subject", "Stage 3 sysroot, November",
+            "--body", "Built from baserock.\nSecond line.")
+    shown = ostree("show", "--repo", repo, BRANCH).stdout.splitlines()
+    assert "    Stage 3 sysroot, November" in shown
+    i = shown.index("    Built from baserock.")
+    assert shown[i + 1] == "    Second line."
+    assert "    demo/x86_64 3.1" not in shown
+
+
+def test_branch_named_like_a_path_on_fresh_dir_repo(treeship, sample_tree, tmp_path):
+    # An existing, empty directory becomes an archive repository.
+    repo = tmp_path / "empty-dir-repo"
+    repo.mkdir()
+    out = release(treeship, sample_tree, repo, "--version", "1", branch="stage3-sysroot/x86_64/v1").json()
+    assert rev_parse(repo, "stage3-sysroot/x86_64/v1") == out["commit"]
+    assert (repo / "refs" / "heads" / "stage3-sysroot" / "x86_64" / "v1").read_text().strip() == out["commit"]
+
+
+def test_human_output(treeship, sample_tree, repo, manifest_file):
+    out = treeship("release", sample_tree, "--repo", repo, "-b", BRANCH, "--version", "7",
+                   "--provenance", manifest_file).stdout
+    commit = rev_parse(repo, BRANCH)
+    assert f"Released {BRANCH} 7 as {commit}" in out
+    assert "2 elements" in out
+    assert "unsigned" in out
+
+
+# -- canonical permissions and ownership ----------------------------------------------------
+
+
+def permission_tree(root: Path) -> Path:
+    root.mkdir()
+    files = {"f0700": 0o700, "f0711": 0o711, "f0640": 0o640, "f0600": 0o600, "f0444": 0o444,
+             "f4755": 0o4755, "f0666": 0o666, "f0755": 0o755}
+    for name, mode in files.items():
+        (root / name).write_text(f"{name}\n")
+        (root / name).chmod(mode)
+    for name, mode in {"d2775": 0o2775, "d0700": 0o700, "d1777": 0o1777, "empty-dir": 0o755}.items():
+        (root / name).mkdir()
+        (root / name).chmod(mode)
+    (root / "d2775" / "inner").write_text("in a setgid dir\n")
+    (root / "d0700" / "sub").mkdir()
+    (root / "d0700" / "sub" / "empty").touch()
+    (root / "empty").touch()
+    (root / "empty").chmod(0o644)
+    (root / "link").symlink_to("f0700")
+    (root / "dirlink").symlink_to("d2775")
+    (root / "dangling").symlink_to("/nonexistent/target")
+    os.chown(root / "f0640", 1234, 5678)
+    os.chown(root / "d0700", 4321, 8765)
+    os.lchown(root / "link", 1234, 5678)
+    root.chmod(0o755)
+    return root
+
+
+def test_canonical_permissions_identical_to_ostree_commit(treeship, tmp_path, repo):
+    tree = permission_tree(tmp_path / "perms")
+    release(treeship, tree, repo, "--version", "1")
+    reference = ostree_commit(tree, "--canonical-permissions")
+
+    assert root_checksums(repo, BRANCH) == root_checksums(reference, BRANCH)
+    assert listing(repo, BRANCH) == listing(reference, BRANCH)
+
+    entries = {e[-1] if "->" not in e else e[-3]: e for e in listing(repo, BRANCH)}
+    assert all(e[1:3] == ["0", "0"] for e in entries.values()), entries
+    modes = {path: e[0] for path, e in entries.items()}
+    assert modes["/f4755"] == "-00755"  # setuid dropped
+    assert modes["/f0640"] == "-00640"
+    assert modes["/f0600"] == "-00600"
+    assert modes["/f0711"] == "-00711"
+    assert modes["/f0444"] == "-00444"
+    assert modes["/f0666"] == "-00644"  # group/other write dropped
+    assert modes["/d2775"] == "d00755"  # setgid and group write dropped
+    assert modes["/d1777"] == "d00755"
+    assert modes["/d0700"] == "d00700"
+    assert modes["/link"] == "l00777"
+    assert entries["/dangling"][-1] == "/nonexistent/target"
+    assert "/d0700/sub/empty" in entries and "/empty-dir" in entries
+
+
+def test_keep_ownership_identical_to_plain_ostree_commit(treeship, tmp_path, repo):
+    tree = permission_tree(tmp_path / "perms")
+    release(treeship, tree, repo, "--version", "1", "--keep-ownership")
+    reference = ostree_commit(tree)
+
+    assert root_checksums(repo, BRANCH) == root_checksums(reference, BRANCH)
+    assert listing(repo, BRANCH) == listing(reference, BRANCH)
+    entries = {e[-1] if "->" not in e else e[-3]: e for e in listing(repo, BRANCH)}
+    assert entries["/f0640"][:3] == ["-00640", "1234", "5678"]
+    assert entries["/f4755"][0] == "-04755"
+    assert entries["/d2775"][0] == "d02775"
+    assert entries["/d0700"][:3] == ["d00700", "4321", "8765"]
+    # ...and it differs from the canonical form of the same tree.
+    canonical = ostree_commit(tree, "--canonical-permissions")
+    assert root_checksums(repo, BRANCH) != root_checksums(canonical, BRANCH)
+
+
+def test_sample_tree_canonical_matches_ostree(treeship, sample_tree, repo):
+    release(treeship, sample_tree, repo, "--version", "1")
+    reference = ostree_commit(sample_tree, "--canonical-permissions")
+    assert root_checksums(repo, BRANCH) == root_checksums(reference, BRANCH)
+
+
+# -- provenance in the commit and in the tree -----------------------------------------------
+
+
+def test_provenance_is_in_the_commit_metadata(treeship, sample_tree, repo, manifest_file):
+    out = release(treeship, sample_tree, repo, "--version", "1", "--provenance", manifest_file).json()
+    assert out["elements"] == 2
+    stored = metadata(repo, BRANCH, "treeship.provenance")
+    assert json.loads(stored) == EXAMPLE_MANIFEST
+    # Metadata lives inside the .commit object, whose sha256 is the commit checksum.
+    (obj,) = commit_objects(repo)
+    data = obj.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == out["commit"]
+    assert stored.encode() in data
+
+
+def test_manifest_path_puts_json_in_tree(treeship, sample_tree, repo, manifest_file):
+    release(treeship, sample_tree, repo, "--version", "1", "--provenance", manifest_file,
+            "--manifest-path", "usr/share/treeship/provenance.json")
+    text = ostree("cat", "--repo", repo, BRANCH, "/usr/share/treeship/provenance.json").stdout
+    assert json.loads(text) == EXAMPLE_MANIFEST
+    assert text == metadata(repo, BRANCH, "treeship.provenance")
+    (entry,) = [e for e in listing(repo, BRANCH) if e[-1] == "/usr/share/treeship/provenance.json"]
+    assert entry[:3] == ["-00644", "0", "0"]
+    # The existing tree is still all there, and the parent dirs are root-owned 0755.
+    dirs = {e[-1]: e for e in listing(repo, BRANCH) if e[0].startswith("d")}
+    assert dirs["/usr/share"][:3] == ["d00755", "0", "0"]
+    assert dirs["/usr/share/treeship"][:3] == ["d00755", "0", "0"]
+    assert "/usr/bin" in dirs
+    assert "no errors found" in ostree("fsck", "--repo", repo).stdout
+
+
+# -- unchanged trees --------------------------------------------------------------------------
+
+
+def test_unchanged_tree_is_refused_and_ref_stays(treeship, sample_tree, repo):
+    first = release(treeship, sample_tree, repo, "--version", "1").json()["commit"]
+    res = release(treeship, sample_tree, repo, "--version", "2", rc=9)
+    assert "identical" in res.stderr and "--allow-unchanged" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in res.stderr
+    assert rev_parse(repo, BRANCH) == first
+    assert len(commit_objects(repo)) == 1
+    assert "no errors found" in ostree("fsck", "--repo", repo).stdout
+
+    again = release(treeship, sample_tree, repo, "--version", "2", "--allow-unchanged").json()
+    assert again["commit"] != first
+    assert again["parent"] == first
+    assert rev_parse(repo, BRANCH) == again["commit"]
+    assert root_checksums(repo, BRANCH) == root_checksums(repo, first)
+    assert metadata(repo, BRANCH, "version") == "2"
+
+
+def test_unchanged_is_per_branch(treeship, sample_tree, repo):
+    release(treeship, sample_tree, repo, "--version", "1")
+    # The same tree on another branch is a first release there, not "unchanged".
+    out = release(treeship, sample_tree, repo, "--version", "1", branch="other/x86_64").json()
+    assert out["parent"] is None
+    assert root_checksums(repo, "other/x86_64") == root_checksums(repo, BRANCH)
+
+
+# -- init, $TREESHIP_REPO, ./releases ---------------------------------------------------------
+
+
+def test_init_bare_user(treeship, sample_tree, repo):
+    out = treeship("init", "--repo", repo, "--mode", "bare-user", "--json").json()
+    assert out["mode"] == "bare-user" and out["created"] is True and out["collection_id"] is None
+    assert repo_mode(repo) == "bare-user"
+    release(treeship, sample_tree, repo, "--version", "1")
+    assert "no errors found" in ostree("fsck", "--repo", repo).stdout
+    # The release went into the existing bare-user repo, not a new archive one.
+    assert repo_mode(repo) == "bare-user"
+    checkout = repo.parent / "checkout"
+    ostree("checkout", "--repo", repo, "-U", BRANCH, checkout)
+    assert (checkout / "etc" / "os-release").read_text() == "NAME=Example\nVERSION=1\n"
+
+
+def test_init_collection_id_binds_releases(treeship, sample_tree, repo):
+    out = treeship("init", "--repo", repo, "--collection-id", "org.example.Releases", "--json").json()
+    assert out == {"repo": str(repo), "mode": "archive", "collection_id": "org.example.Releases", "created": True}
+    assert ostree("config", "--repo", repo, "get", "core.collection-id").stdout.strip() == "org.example.Releases"
+    release(treeship, sample_tree, repo, "--version", "1")
+    assert metadata(repo, BRANCH, "ostree.collection-binding") == "org.example.Releases"
+    assert metadata(repo, BRANCH, "ostree.ref-binding") == [BRANCH]
+
+    # Again with the same ID (or none): fine. With another ID: refused, nothing changed.
+    assert treeship("init", "--repo", repo, "--collection-id", "org.example.Releases", "--json").json()["created"] \
+        is False
+    treeship("init", "--repo", repo)
+    res = treeship("init", "--repo", repo, "--collection-id", "org.example.Other", rc=2)
+    assert "org.example.Releases" in res.stderr
+    assert ostree("config", "--repo", repo, "get", "core.collection-id").stdout.strip() == "org.example.Releases"
+
+
+def test_collection_id_not_silently_ignored_on_existing_repo(treeship, repo):
+    treeship("init", "--repo", repo)
+    treeship("init", "--repo", repo, "--collection-id", "org.example.Releases", rc=2)
+    assert ostree("config", "--repo", repo, "get", "core.collection-id", check=False).returncode != 0
+
+
+def test_default_version_is_a_utc_timestamp(treeship, sample_tree, repo):
+    out = treeship("release", sample_tree, "--repo", repo, "-b", BRANCH, "--json").json()
+    assert re.fullmatch(r"20\d{6}\.\d{6}", out["version"]), out["version"]
+    assert metadata(repo, BRANCH, "version") == out["version"]
+    assert out["subject"] == f"{BRANCH} {out['version']}"
+
+
+def test_init_is_idempotent_and_refuses_other_mode(treeship, sample_tree, repo):
+    treeship("init", "--repo", repo)
+    commit = release(treeship, sample_tree, repo, "--version", "1").json()["commit"]
+    again = treeship("init", "--repo", repo, "--json").json()
+    assert again["created"] is False and again["mode"] == "archive"
+    assert "Already there" in treeship("init", "--repo", repo).stdout
+
+    res = treeship("init", "--repo", repo, "--mode", "bare-user", rc=2)
+    assert "archive" in res.stderr and "Traceback" not in res.stderr
+    assert repo_mode(repo) == "archive"
+    assert rev_parse(repo, BRANCH) == commit
+
+
+def test_treeship_repo_env_var(treeship, sample_tree, tmp_path):
+    repo = tmp_path / "from-env"
+    env = {"TREESHIP_REPO": str(repo)}
+    out = treeship("release", sample_tree, "-b", BRANCH, "--version", "1", "--json", env=env).json()
+    assert rev_parse(repo, BRANCH) == out["commit"]
+    assert not (tmp_path / "releases").exists()
+    log = treeship("log", BRANCH, "--json", env=env).json()
+    assert [r["commit"] for r in log["releases"]] == [out["commit"]]
+    # --repo wins over the environment.
+    other = tmp_path / "explicit"
+    treeship("release", sample_tree, "-b", BRANCH, "--repo", other, "--version", "1", env=env)
+    assert rev_parse(other, BRANCH) != ""
+    assert len(commit_objects(repo)) == 1
+
+
+def test_default_repo_is_releases_in_cwd(treeship, sample_tree, tmp_path):
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    out = treeship("release", sample_tree, "-b", BRANCH, "--version", "1", "--json", cwd=cwd).json()
+    assert rev_parse(cwd / "releases", BRANCH) == out["commit"]
+    assert treeship("show", BRANCH, "--format", "json", cwd=cwd).json()["commit"] == out["commit"]
+
+
+# -- --json output is one JSON object, even on a terminal --------------------------------------
+
+
+def _run_with_tty_stderr(args: list[str], cwd: Path) -> tuple[int, str, bytes]:
+    """Run treeship with stdout piped and stderr on a pseudo-terminal (where progress is drawn)."""
+    master, slave = pty.openpty()
+    got: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the other side is closed
+                return
+            if not chunk:
+                return
+            got.append(chunk)
+
+    env = {k: v for k, v in os.environ.items() if k != "TREESHIP_REPO"}
+    env.update(TERM="xterm-256color", COLUMNS="100")
+    env.pop("NO_COLOR", None)
+    reader = threading.Thread(target=drain, daemon=True)
+    try:
+        proc = subprocess.Popen([*treeship_command(), *args], stdout=subprocess.PIPE, stderr=slave,
+                                stdin=subprocess.DEVNULL, cwd=cwd, env=env)
+        os.close(slave)
+        slave = -1
+        reader.start()
+        stdout, _ = proc.communicate(timeout=120)
+        reader.join(timeout=30)
+    finally:
+        if slave != -1:
+            os.close(slave)
+        os.close(master)
+    return proc.returncode, stdout.decode(), b"".join(got)
+
+
+def test_json_stdout_is_exactly_one_object_even_with_a_terminal(sample_tree, repo, tmp_path):
+    rc, stdout, tty = _run_with_tty_stderr(
+        ["release", str(sample_tree), "--repo", str(repo), "-b", BRANCH, "--version", "1", "--json"], tmp_path)
+    assert rc == 0, tty
+    obj = json.loads(stdout)  # the whole of stdout, nothing before or after
+    assert isinstance(obj, dict) and obj["commit"] == rev_parse(repo, BRANCH)
+    assert stdout.lstrip().startswith("{") and stdout.rstrip().endswith("}")
+    assert tty == b""
+
+    # Control: without --json the progress display does draw on that terminal (and not on stdout).
+    (sample_tree / "etc" / "new").write_text("changed\n")
+    rc, stdout, tty = _run_with_tty_stderr(
+        ["release", str(sample_tree), "--repo", str(repo), "-b", BRANCH, "--version", "2"], tmp_path)
+    assert rc == 0, tty
+    assert tty != b""
+    assert stdout.startswith(f"Released {BRANCH} 2 as ")
+    assert "\x1b" not in stdout
+
+
+def test_json_of_every_command_is_one_object(treeship, sample_tree, repo, ed25519_key, tmp_path):
+    outputs = [
+        treeship("init", "--repo", repo, "--json"),
+        release(treeship, sample_tree, repo, "--version", "1", "--sign-ed25519", ed25519_key.secret),
+        treeship("log", BRANCH, "--repo", repo, "--json"),
+        treeship("verify", BRANCH, "--repo", repo, "--ed25519-pubkey", ed25519_key.public, "--json"),
+        treeship("keygen", tmp_path / "k", "--json"),
+    ]
+    for res in outputs:
+        assert isinstance(json.loads(res.stdout), dict), res.stdout
+        assert res.stderr == ""
+
