@@ -765,8 +765,9 @@ class Repo:
 
     def generate_delta(self, from_commit: str | None, to_commit: str) -> None:
         try:
+            # params must be a dict, even empty: libostree 2022.7 dereferences a NULL one (SIGSEGV)
             self._repo.static_delta_generate(OSTree.StaticDeltaGenerateOpt.MAJOR, from_commit, to_commit,
-                                             None, None, None)
+                                             None, GLib.Variant("a{sv}", {}), None)
         except GLib.Error as e:
             raise StorageError(f"static delta {from_commit} → {to_commit}: {e.message}") from None
 

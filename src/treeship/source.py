@@ -8,14 +8,18 @@ release must not carry what the extraction would not put back faithfully for eve
 
 from __future__ import annotations
 
+import bz2
 import errno
+import gzip
+import lzma
 import os
 import shutil
 import stat
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -23,6 +27,13 @@ from typing import IO
 from .errors import SourceError, StorageError
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Decompressed here, not by tarfile's stream mode: that never checks the CRC at the end of a
+# gzip (nor reads an xz/bz2 stream to its end), so a corrupt archive would be released.
+_DECOMPRESSORS: dict[bytes, Callable[[IO[bytes]], IO[bytes]]] = {
+    b"\x1f\x8b": lambda f: gzip.GzipFile(fileobj=f, mode="rb"),
+    b"BZh": lambda f: bz2.BZ2File(f, "rb"),
+    b"\xfd7zXZ\x00": lambda f: lzma.LZMAFile(f, "rb"),
+}
 
 
 def _stat_source(path: Path) -> os.stat_result:
@@ -67,26 +78,31 @@ def extract_tar(archive: Path, dest: Path, *, keep_ownership: bool = False) -> N
     """Unpack .tar, .tar.gz, .tar.bz2, .tar.xz or .tar.zst (detected by content)."""
     try:
         with open(archive, "rb") as f:
-            magic = f.read(4)
+            magic = f.read(6)
     except OSError as e:
         raise SourceError(f"{archive}: {e.strerror}") from None
-    if magic == _ZSTD_MAGIC:
+    if magic.startswith(_ZSTD_MAGIC):
         zstd = shutil.which("zstd")
         if zstd is None:
             raise SourceError(f"{archive}: a zstd archive needs the 'zstd' program")
         proc = subprocess.Popen([zstd, "-dc", "--", str(archive)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert proc.stdout is not None
+        failed = True
         try:
             _extract_stream(archive, proc.stdout, dest, keep_ownership)
+            failed = False
         finally:
             proc.stdout.close()
             err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-            if proc.wait() != 0:
+            rc = proc.wait()
+            # Killed by a signal (SIGPIPE: we stopped reading at a refused member): that refusal is the error.
+            if rc > 0 or (rc < 0 and not failed):
                 raise SourceError(f"{archive}: zstd failed: {err.splitlines()[-1] if err else 'corrupt archive'}")
         return
+    decompress = next((d for m, d in _DECOMPRESSORS.items() if magic.startswith(m)), None)
     try:
         with open(archive, "rb") as f:
-            _extract_stream(archive, f, dest, keep_ownership)
+            _extract_stream(archive, decompress(f) if decompress else f, dest, keep_ownership)
     except OSError as e:
         raise SourceError(f"{archive}: {e.strerror}") from None
 
@@ -112,12 +128,14 @@ def _extract_stream(archive: Path, fileobj: IO[bytes], dest: Path, keep_ownershi
         return member
 
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tf:
+        with tarfile.open(fileobj=fileobj, mode="r|") as tf:
             tf.extractall(dest, filter=member_filter, numeric_owner=keep_ownership)  # noqa: S202 - filtered
+        while fileobj.read(1 << 20):  # to the end, where the decompressor checks the CRC
+            pass
     except tarfile.ReadError as e:
         raise SourceError(f"{archive}: not a readable tar archive ({e})") from None
-    except (tarfile.TarError, EOFError) as e:
-        raise SourceError(f"{archive}: corrupt tar archive ({e})") from None
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as e:
+        raise SourceError(f"{archive}: corrupt archive ({e})") from None
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise StorageError(f"{archive}: no space left on device to unpack it in {dest.parent}") from None
