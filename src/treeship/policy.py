@@ -106,7 +106,7 @@ class Policy:
         if matches(branch, self.protected):
             return False
         if self.keys is None:
-            return True
+            return False  # no [keys]: fast-forward only; force is granted per key, never by default
         rule = self.keys.get(key_id or "")
         return rule is not None and matches(branch, rule.force)
 

@@ -147,6 +147,10 @@ class Receiver:
                 continue
             seen.add(ref)
             self._preflight(u, force)
+        if any(u.status == "rejected" for u in updates):  # all or nothing: a refused push sends nothing
+            for u in updates:
+                if u.status == "ok":
+                    u.reject("not moved: another ref of this push was rejected")
         self.force = force
         return updates
 
@@ -342,9 +346,13 @@ class _SessionDir:
     def __enter__(self) -> Path:
         self.root.mkdir(exist_ok=True)
         self._sweep()
-        self.path = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.root))
-        self._lock = open(self.path / ".lock", "w")  # noqa: SIM115 - held for the session
+        # Made and locked under a name the sweep skips, then renamed: a concurrent session's
+        # sweep must never see (and remove) this directory before its lock is held.
+        fresh = Path(tempfile.mkdtemp(prefix=f".{TMP_PREFIX}", dir=self.root))
+        self._lock = open(fresh / ".lock", "w")  # noqa: SIM115 - held for the session
         fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self.path = self.root / fresh.name[1:]
+        os.rename(fresh, self.path)
         return self.path
 
     def __exit__(self, *exc: object) -> None:
