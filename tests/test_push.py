@@ -663,3 +663,17 @@ def test_receiver_rejects_an_object_that_does_not_match_its_checksum(treeship, t
     assert refs(repo) == {}
     no_session_leftovers(repo)
     fsck(repo)
+    assert not list((repo / "state").glob("*.commitpartial")), "a rejected commit must leave no partial marker"
+
+
+def test_receiving_repository_must_be_archive_mode(treeship, tmp_path):
+    local = tmp_path / "local"
+    release(treeship, write_tree(tmp_path / "tree"), local)
+    bare = tmp_path / "bare"
+    ostree("init", "--repo", bare, "--mode=bare-user")
+
+    r = push(treeship, local, str(bare), BRANCH, rc=11)
+
+    assert "archive mode" in r.stderr and "bare-user" in r.stderr
+    assert refs(bare) == {}
+    assert objects(bare) == {}

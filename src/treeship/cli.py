@@ -291,7 +291,7 @@ def verify(ref: str, repo_path: str, gpg_homedir: str | None, gpg_keyring: str |
 
 @cli.group()
 def remote() -> None:
-    """Manage remotes (stored in the local repo's config, as `ostree remote-add` does)."""
+    """Manage remotes (stored in the local repo's config, as `ostree remote add` does)."""
 
 
 @remote.command("add")
@@ -392,6 +392,8 @@ def _print_push(result: Any, as_json: bool) -> None:
             click.echo(f"rejected  {r.ref}  {new}: {r.reason}")
     click.echo(f"{result.objects_sent} objects, {_human_bytes(result.bytes_sent)} sent to {result.remote} "
                f"in {result.seconds:.1f} s")
+    for message in result.messages:
+        click.echo(f"treeship: warning: {message}", err=True)
 
 
 @cli.command()

@@ -650,18 +650,16 @@ class Repo:
                 return
             yield bytes(data)
 
-    def install_object(self, tmp: Path, checksum: str, objtype: int) -> None:
-        """Verify an object received in archive form, then make it visible.
+    def verify_object(self, tmp: Path, checksum: str, objtype: int) -> None:
+        """Check an object received in archive form; raise TransferError if it is not ``checksum``.
 
-        Nothing is trusted: metadata is hashed and its structure validated; content is
-        parsed and checksummed by libostree itself. Only then is the file renamed into
-        objects/ (archive repos: as received, no recompression).
+        Nothing is trusted: metadata is hashed and its GVariant structure validated; content
+        is parsed and checksummed by libostree itself.
         """
-        size = tmp.stat().st_size
         if objtype == OSTree.ObjectType.FILE:
             inp = Gio.File.new_for_path(str(tmp)).read(None)
             try:
-                _, stream, fi, xattrs = OSTree.content_stream_parse(True, inp, size, False, None)
+                _, stream, fi, xattrs = OSTree.content_stream_parse(True, inp, tmp.stat().st_size, False, None)
                 _, raw = OSTree.checksum_file_from_input(fi, xattrs, stream, objtype, None)
             except GLib.Error as e:
                 raise TransferError(f"object {checksum}.file: malformed: {e.message}") from None
@@ -670,30 +668,26 @@ class Repo:
             got = OSTree.checksum_from_bytes(raw)
             if got != checksum:
                 raise TransferError(f"object {checksum}.file: checksum mismatch (content hashes to {got})")
-            if self.mode != "archive":
-                self._write_content_from_archive(tmp, checksum, size)
-                return
-        else:
-            data = tmp.read_bytes()
-            got = hashlib.sha256(data).hexdigest()
-            if got != checksum:
-                raise TransferError(f"object {checksum}.{_OBJ_EXT[objtype]}: checksum mismatch (hashes to {got})")
-            _validate_metadata(data, checksum, objtype)
+            return
+        data = tmp.read_bytes()
+        got = hashlib.sha256(data).hexdigest()
+        if got != checksum:
+            raise TransferError(f"object {checksum}.{_OBJ_EXT[objtype]}: checksum mismatch (hashes to {got})")
+        _validate_metadata(data, checksum, objtype)
+
+    def place_object(self, tmp: Path, checksum: str, objtype: int) -> None:
+        """Rename a verified object into objects/, as received (no recompression)."""
+        if self.mode != "archive":
+            raise RepoError(f"{self.path}: receiving needs an archive-mode repository, this one is {self.mode}")
         dest = self.path / "objects" / self.object_relpath(checksum, objtype)
         dest.parent.mkdir(mode=0o755, exist_ok=True)
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
 
-    def _write_content_from_archive(self, tmp: Path, checksum: str, size: int) -> None:
-        inp = Gio.File.new_for_path(str(tmp)).read(None)
-        try:
-            _, stream, fi, xattrs = OSTree.content_stream_parse(True, inp, size, False, None)
-            _, content, length = OSTree.raw_file_to_content_stream(stream, fi, xattrs, None)
-            self._repo.write_content(checksum, content, length, None)
-        except GLib.Error as e:
-            raise TransferError(f"object {checksum}.file: {e.message}") from None
-        finally:
-            inp.close(None)
+    def install_object(self, tmp: Path, checksum: str, objtype: int) -> None:
+        """Verify, then make visible: no object is readable before it is checked."""
+        self.verify_object(tmp, checksum, objtype)
+        self.place_object(tmp, checksum, objtype)
 
     def mark_partial(self, commit: str, partial: bool) -> None:
         self._repo.mark_commit_partial(commit, partial)

@@ -135,6 +135,7 @@ def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], f
         if r.ref in final:
             r.status = final[r.ref].get("status", r.status)
             r.reason = final[r.ref].get("reason", "")
+    result.messages = [str(w) for w in status.get("warnings", []) if isinstance(w, str)]
     result.objects_sent, result.bytes_sent = done_objects, done_bytes
     result.wire_bytes = writer.bytes_written
     return result

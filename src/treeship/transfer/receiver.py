@@ -69,6 +69,7 @@ class Receiver:
         self.writer = wire.Writer(wfd)
         self.create = create
         self.received_bytes = 0
+        self.warnings: list[str] = []
 
     def run(self) -> None:
         try:
@@ -93,6 +94,9 @@ class Receiver:
         if self.create and not Repo.is_repo(self.repo_path):
             Repo.create(self.repo_path, "archive")
         repo = Repo.open(self.repo_path)
+        if repo.mode != "archive":
+            raise TransferError(f"{self.repo_path}: a receiving repository must be in archive mode, "
+                                f"not {repo.mode} (it is what clients pull over HTTP)")
         self.repo = repo
         self.writer.send_json(wire.HELLO, {"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION,
                                            "server": f"treeship {__version__}", "mode": repo.mode,
@@ -106,8 +110,9 @@ class Receiver:
         with _SessionDir(repo.path / "tmp") as tmp:
             commits, metas = self._receive_objects(tmp)
             for csum, path in commits.items():
-                repo.mark_partial(csum, True)
-                repo.install_object(path, csum, int(OBJECT_TYPES["commit"]))
+                repo.verify_object(path, csum, int(OBJECT_TYPES["commit"]))
+                repo.mark_partial(csum, True)  # until its closure is known to be here
+                repo.place_object(path, csum, int(OBJECT_TYPES["commit"]))
             for csum in commits:
                 if repo.check_closure(csum) is None:
                     repo.mark_partial(csum, False)
@@ -117,7 +122,7 @@ class Receiver:
                 repo.merge_detached_signatures(csum, data)
         self._move_refs(updates)
         self.writer.send_json(wire.STATUS, {"refs": [u.to_dict() for u in updates],
-                                            "received_bytes": self.received_bytes})
+                                            "received_bytes": self.received_bytes, "warnings": self.warnings})
         self.writer.flush()
 
     def _read_updates(self) -> list[Update]:
@@ -215,8 +220,13 @@ class Receiver:
                 for fut in pending:
                     fut.result()
             except BaseException:
+                # Objects that arrived whole are kept (a retry will not resend them): let the
+                # queued checks finish; their own failures only mean those objects are dropped.
                 for fut in pending:
-                    fut.cancel()
+                    try:
+                        fut.result()
+                    except Exception:  # noqa: BLE001, S110 - the first error is the one raised
+                        pass
                 raise
         return commits, metas
 
@@ -291,7 +301,11 @@ class Receiver:
             previous = {u.ref: repo.resolve(u.ref) for u in live}
             repo.set_refs({u.ref: u.new for u in live})
             if live:
-                self._publish(live, previous)
+                try:
+                    self._publish(live, previous)
+                except TreeshipError as e:
+                    # The refs have moved: say so, and that the published metadata is stale.
+                    self.warnings.append(f"refs updated, but publishing failed: {e.message}")
 
     def _check_signatures(self, u: Update) -> None:
         assert u.new is not None
