@@ -22,7 +22,7 @@ demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/demo.sh
 
 lint: setup
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests $(wildcard bench)
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
