@@ -31,4 +31,4 @@ bench: setup
 	$(PY) bench/release_bench.py
 
 clean:
-	rm -rf $(VENV) releases demo .pytest_cache .ruff_cache
+	rm -rf $(VENV) releases demo .pytest_cache .ruff_cache .cache

@@ -63,6 +63,69 @@ step "treeship log $BRANCH --repo world   (commit ids and signatures arrived unc
 treeship log "$BRANCH" --repo world
 treeship verify "$BRANCH" --repo world --gpg-homedir "$DEMO/gnupg" --ed25519-pubkey "$DEMO/release.pub" | tail -2
 ostree fsck --repo=world | tail -1
+
+# --- BuildStream: the main case. examples/bst-project, built with Debian's bst, released
+# with --bst (treeship runs the checkout and records the provenance), then its git source
+# moves by one commit and it is built and released again. bst's caches stay in demo/bst.
+BST_BRANCH=demo-os-bst/x86_64
+BSTDIR=$DEMO/bst
+UPSTREAM=$BSTDIR/upstream/hello
+bst_env() { XDG_CACHE_HOME="$PWD/$BSTDIR/cache" XDG_CONFIG_HOME="$PWD/$BSTDIR/config" "$@"; }
+bstc() { bst_env bst --no-colors --directory "$BSTDIR/project" "$@"; }
+upstream_git() {
+    GIT_AUTHOR_NAME=Demo GIT_AUTHOR_EMAIL=demo@example.org GIT_COMMITTER_NAME=Demo \
+        GIT_COMMITTER_EMAIL=demo@example.org git -C "$UPSTREAM" "$@"
+}
+release_bst() {
+    set +e
+    bst_env treeship release --bst demo-os.bst --bst-project "$BSTDIR/project" --branch "$BST_BRANCH" \
+        --version "$(date -u +%Y.%m.%d.%H%M%S)" \
+        --gpg-sign "$GPG_KEY" --gpg-homedir "$DEMO/gnupg" --sign-ed25519 "$DEMO/release.secret"
+    rc=$?
+    set -e
+    if [ "$rc" = 9 ]; then
+        echo "(nothing changed since the last demo run: nothing new released, as intended)"
+    elif [ "$rc" != 0 ]; then
+        exit "$rc"
+    fi
+}
+if [ ! -d "$UPSTREAM/.git" ]; then
+    step "a git repository for the example's git source: $UPSTREAM (tagged v1.0)"
+    mkdir -p "$UPSTREAM/usr/share/hello"
+    git init -q -b main "$UPSTREAM"
+    echo "Hello from Demo OS" > "$UPSTREAM/usr/share/hello/greeting.txt"
+    upstream_git add -A
+    upstream_git commit -q -m "hello 1.0"
+    upstream_git tag -a -m "hello 1.0" v1.0
+fi
+if [ ! -f "$BSTDIR/project/project.conf" ]; then
+    step "examples/bst-project → $BSTDIR/project, alias upstream → file://$PWD/$BSTDIR/upstream/"
+    cp -r examples/bst-project "$BSTDIR/project"
+    sed -i "s|^  upstream: .*|  upstream: file://$PWD/$BSTDIR/upstream/|" "$BSTDIR/project/project.conf"
+fi
+if ! grep -q '^  ref:' "$BSTDIR/project/elements/hello.bst"; then
+    step "bst track hello.bst   (writes the git ref, in git describe form)"
+    bstc track hello.bst >/dev/null 2>&1 || bstc track hello.bst
+fi
+step "bst build demo-os.bst   (Debian's bst $(bst --version))"
+bstc build demo-os.bst 2>&1 | sed -n '/^Pipeline Summary/,$p'
+step "treeship release --bst demo-os.bst --branch $BST_BRANCH   (treeship runs bst checkout)"
+release_bst
+step "treeship show $BST_BRANCH --provenance   (every element: cache key, real URL, commit)"
+treeship show "$BST_BRANCH" --provenance
+if [ "$(upstream_git rev-list --count HEAD)" = 1 ]; then
+    step "the git source moves by one commit: commit upstream, bst track hello.bst, bst build demo-os.bst"
+    echo "Hello again, from the second commit" > "$UPSTREAM/usr/share/hello/greeting.txt"
+    upstream_git commit -q -am "hello: a new greeting"
+    bstc track hello.bst >/dev/null 2>&1 || bstc track hello.bst
+    grep '^  ref:' "$BSTDIR/project/elements/hello.bst"
+    bstc build demo-os.bst 2>&1 | sed -n '/^Pipeline Summary/,$p'
+fi
+step "treeship release --bst demo-os.bst --branch $BST_BRANCH   (again)"
+release_bst
+step "treeship diff $BST_BRANCH^ $BST_BRANCH   (release notes: the commit that moved, what was rebuilt, the files)"
+treeship diff "$BST_BRANCH^" "$BST_BRANCH"
+treeship verify "$BST_BRANCH" --gpg-homedir "$DEMO/gnupg" --ed25519-pubkey "$DEMO/release.pub" | tail -2
 echo
 echo "Done. ./$REPO is the local releases repository; ./world is the published one (archive"
 echo "mode: serve it over HTTP as it is). To a server: treeship push ssh://user@host/srv/releases $BRANCH"

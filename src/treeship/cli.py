@@ -84,9 +84,13 @@ def cli() -> None:
     Typical use:
       treeship release ./sysroot --branch stage3-sysroot/x86_64 --version 2026.11 \\
           --provenance provenance.json --gpg-sign KEYID --sign-ed25519 release.secret
+      treeship release --bst bootstrap/stage3-sysroot.bst --branch stage3-sysroot/x86_64 \\
+          --version 2026.11 --gpg-sign KEYID      # a built BuildStream element, its provenance recorded
       treeship log stage3-sysroot/x86_64
       treeship show stage3-sysroot/x86_64 --provenance --format yaml
       treeship verify stage3-sysroot/x86_64 --ed25519-pubkey release.pub
+      treeship diff stage3-sysroot/x86_64^ stage3-sysroot/x86_64
+      treeship attest stage3-sysroot/x86_64 --sign-ed25519 release.secret -o release.intoto.jsonl
 
     The repository is ./releases unless --repo or $TREESHIP_REPO says otherwise.
     """
@@ -140,40 +144,71 @@ def init(repo_path: str, mode: str, collection_id: str | None, as_json: bool) ->
 @click.option("--keep-ownership", is_flag=True,
               help="Keep file owners, modes and xattrs instead of root-owned canonical permissions.")
 @click.option("--allow-unchanged", is_flag=True, help="Release even if the tree equals the branch head.")
+@click.option("--bst", "bst_element", metavar="ELEMENT",
+              help="Release this BuildStream element instead of SOURCE: treeship checks it out (it must be "
+                   "built) and records the provenance of its whole pipeline.")
+@click.option("--bst-project", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="The BuildStream project directory (bst -C). Default: bst's own, the current directory.")
+@click.option("--bst-option", "bst_options", type=(str, str), multiple=True, metavar="NAME VALUE",
+              help="A project option, as bst -o NAME VALUE (repeatable).")
+@click.option("--bst-command", metavar="PATH", envvar="TREESHIP_BST", show_envvar=True,
+              help="The bst executable. Default: bst on PATH. Its version picks the 1.6 or 2.x way.")
 @json_option
 def release(source: str | None, branch: str, repo_path: str, version: str | None, provenance_file: str | None,
             subject: str | None, body: str, gpg_keys: tuple[str, ...], gpg_homedir: str | None,
             ed25519_files: tuple[str, ...], manifest_path: str | None, keep_ownership: bool,
-            allow_unchanged: bool, as_json: bool) -> None:
-    """Release SOURCE (a directory or .tar/.tar.gz/.tar.xz/.tar.zst) on a branch.
+            allow_unchanged: bool, bst_element: str | None, bst_project: str | None,
+            bst_options: tuple[tuple[str, str], ...], bst_command: str | None, as_json: bool) -> None:
+    """Release SOURCE (a directory or .tar/.tar.gz/.tar.xz/.tar.zst) on a branch,
+    or a built BuildStream element with --bst ELEMENT.
 
     The commit's parent is the branch head; its metadata carries the version, the
     ostree.ref-binding, and the provenance, so every signature covers them. The branch
     moves only after the commit and all its signatures are written. The repository is
     created (archive mode) if missing.
+
+    With --bst, treeship runs the checkout itself (bst checkout on BuildStream 1.6,
+    bst artifact checkout on 2.5+) into a private temp dir, and records for every element
+    of the pipeline its cache key, kind, sources (real URL, ref, commit) and dependencies.
     """
     from . import provenance
     from .release import ReleaseOptions
     from .release import release as do_release
 
-    if source is None:
-        raise UsageError("missing SOURCE: a directory or a tar archive to release")
-    if manifest_path and not provenance_file:
-        raise UsageError("--manifest-path needs --provenance")
+    bst_request = None
+    if bst_element is not None:
+        from .provenance.buildstream import BstRequest
+
+        if source is not None:
+            raise UsageError("give SOURCE or --bst ELEMENT, not both")
+        if provenance_file:
+            raise UsageError("--provenance cannot be used with --bst: treeship records the BuildStream provenance "
+                             "itself")
+        bst_request = BstRequest(bst_element, bst_project, tuple(bst_options), bst_command)
+    else:
+        if bst_project or bst_options or bst_command:
+            raise UsageError("--bst-project, --bst-option and --bst-command need --bst ELEMENT")
+        if source is None:
+            raise UsageError("missing SOURCE: a directory or a tar archive to release (or --bst ELEMENT)")
+        if manifest_path and not provenance_file:
+            raise UsageError("--manifest-path needs --provenance (or --bst)")
     manifest = provenance.load_file(provenance_file) if provenance_file else None
     opts = ReleaseOptions(
         source=source, branch=branch, repo=repo_path, version=version, manifest=manifest, subject=subject,
         body=body, gpg_keys=list(gpg_keys), gpg_homedir=gpg_homedir, ed25519_secret_files=list(ed25519_files),
-        manifest_path=manifest_path, keep_ownership=keep_ownership, allow_unchanged=allow_unchanged)
+        manifest_path=manifest_path, keep_ownership=keep_ownership, allow_unchanged=allow_unchanged,
+        bst=bst_request)
     with _progress(not as_json) as progress:
         result = do_release(opts, progress)
+    for warning in result.warnings:
+        click.echo(f"treeship: warning: {warning}", err=True)
     if as_json:
         _emit_json(result.to_dict())
         return
     click.echo(f"Released {result.branch} {result.version} as {result.commit}")
     click.echo(f"  parent:     {result.parent or '(none: first release on this branch)'}")
     click.echo(f"  tree:       {result.files} files, {_human_bytes(result.bytes)} in {result.seconds:.1f} s")
-    if manifest:
+    if manifest or bst_request:
         click.echo(f"  provenance: {result.elements} elements")
     sigs = ", ".join(f"{s['type']} {s['key']}" for s in result.signatures) or "unsigned"
     click.echo(f"  signed:     {sigs}")
@@ -204,13 +239,17 @@ def log(branch: str, repo_path: str, max_count: int | None, as_json: bool) -> No
 @click.argument("ref")
 @repo_option
 @click.option("--provenance", "only_provenance", is_flag=True, help="Print only the provenance manifest.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml", "spdx"]), default="text",
+              show_default=True, help="spdx: the provenance as an SPDX 2.3 JSON SBOM (implies --provenance).")
 def show(ref: str, repo_path: str, only_provenance: bool, fmt: str) -> None:
     """One release (REF: a branch, BRANCH^, or a commit checksum)."""
     from . import history, provenance
     from .repo import Repo
 
     repo = Repo.open(repo_path)
+    if fmt == "spdx":
+        _emit_json(history.spdx_document(repo, ref))
+        return
     if only_provenance:
         data = history.provenance(repo, ref)
         if data is None:
@@ -287,6 +326,113 @@ def verify(ref: str, repo_path: str, gpg_homedir: str | None, gpg_keyring: str |
         if result.bad:
             raise VerificationError(f"{ref}: {len(result.bad)} bad signature(s)")
         raise VerificationError(f"{ref}: no signature by a trusted key")
+
+
+@cli.command()
+@click.argument("old_ref", metavar="A")
+@click.argument("new_ref", metavar="B")
+@repo_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def diff(old_ref: str, new_ref: str, repo_path: str, fmt: str) -> None:
+    """What changed from release A to release B, as release notes.
+
+    Elements added, removed and changed (per source: old → new commit or ref; old → new
+    cache key; kind) from the two provenance manifests, and files added, removed and
+    modified from the two trees. A and B: a branch, BRANCH^, or a commit checksum.
+    """
+    from . import diff as release_diff
+    from .repo import Repo
+
+    result = release_diff.diff_releases(Repo.open(repo_path), old_ref, new_ref)
+    if fmt == "json":
+        _emit_json(result.to_dict())
+    else:
+        click.echo(release_diff.render_text(result), nl=False)
+
+
+@cli.command()
+@click.argument("ref")
+@repo_option
+@click.option("--sign-ed25519", "ed25519_files", multiple=True, metavar="SECRET_FILE",
+              type=click.Path(readable=False, path_type=str),
+              help="Sign with this ed25519 secret key file, ostree sign format (repeatable).")
+@click.option("--gpg-sign", "gpg_keys", multiple=True, metavar="KEYID", help="Sign with this GPG key (repeatable).")
+@click.option("--gpg-homedir", type=click.Path(file_okay=False, path_type=str), help="GnuPG home for --gpg-sign.")
+@click.option("-o", "--output", required=True, metavar="FILE",
+              help="Where to write the envelope, e.g. release.intoto.jsonl ('-': stdout).")
+@click.option("--builder-id", metavar="URI", help="runDetails.builder.id (default urn:treeship:builder:TOOL).")
+@json_option
+def attest(ref: str, repo_path: str, ed25519_files: tuple[str, ...], gpg_keys: tuple[str, ...],
+           gpg_homedir: str | None, output: str, builder_id: str | None, as_json: bool) -> None:
+    """Write REF's provenance as a signed in-toto statement (SLSA provenance v1, DSSE envelope).
+
+    The subject is the branch with digest {"sha256": COMMIT}: an OSTree commit checksum is
+    the sha256 of the .commit object, which covers the tree and the provenance.
+    """
+    from . import attest as attestation
+    from .repo import Repo
+
+    if output == "-" and as_json:
+        raise UsageError("-o - and --json would both write to stdout; give -o FILE")
+    att = attestation.attest(Repo.open(repo_path), ref, ed25519_files=list(ed25519_files),
+                             gpg_keys=list(gpg_keys), gpg_homedir=gpg_homedir, builder_id=builder_id)
+    attestation.write(att, output)
+    if as_json:
+        _emit_json({"output": output, "subject": {"name": att.branch, "digest": {"sha256": att.commit}},
+                    "predicateType": att.statement["predicateType"], "signatures": att.signed_by})
+    elif output != "-":
+        who = ", ".join(f"{s['type']} {s['keyid']}" for s in att.signed_by)
+        click.echo(f"Wrote {output}: SLSA provenance v1 for {att.branch} = {att.commit}, signed by {who}")
+
+
+@cli.command("verify-attestation")
+@click.argument("file", type=click.Path(readable=False, path_type=str))
+@repo_option
+@click.option("--ref", help="The release the attestation must be about (default: each subject's branch head).")
+@click.option("--gpg-homedir", type=click.Path(file_okay=False, path_type=str),
+              help="Trust the public keys of this GnuPG home.")
+@click.option("--gpg-keyring", type=click.Path(dir_okay=False, path_type=str),
+              help="Trust the keys of this GPG keyring file.")
+@click.option("--ed25519-pubkey", "ed25519_keys", multiple=True, metavar="KEY_OR_FILE",
+              help="Trust this ed25519 public key (base64, or a file of them; repeatable).")
+@json_option
+def verify_attestation(file: str, repo_path: str, ref: str | None, gpg_homedir: str | None,
+                       gpg_keyring: str | None, ed25519_keys: tuple[str, ...], as_json: bool) -> None:
+    """Check an attestation: a DSSE signature by a given key, about the right commit.
+
+    Each subject's sha256 digest must be the commit --ref names or, without --ref, the
+    current head of the branch the subject names (an older release's attestation needs
+    --ref naming that release).
+    """
+    from . import attest as attestation
+    from . import signing
+    from .repo import Repo
+
+    if gpg_homedir and gpg_keyring:
+        raise UsageError("give --gpg-homedir or --gpg-keyring, not both")
+    if not (gpg_homedir or gpg_keyring or ed25519_keys):
+        raise UsageError("nothing to trust: give --ed25519-pubkey, --gpg-homedir or --gpg-keyring")
+    pubkeys = [k for spec in ed25519_keys for k in signing.load_ed25519_public(spec)]
+    checks = attestation.verify(Repo.open(repo_path), file, ed25519_keys=pubkeys, gpg_homedir=gpg_homedir,
+                                gpg_keyring=gpg_keyring, ref=ref)
+    if as_json:
+        _emit_json({"file": file, "ok": all(c.ok for c in checks), "envelopes": [c.to_dict() for c in checks]})
+    else:
+        for c in checks:
+            click.echo(f"{file}:{c.line}: {'OK' if c.ok else 'FAILED'}"
+                       + (f" ({c.predicate_type})" if c.predicate_type else ""))
+            for s in c.signatures:
+                label = {"good": "Good", "bad": "BAD", "unknown-key": "Unverified"}[s.status]
+                who = f"{s.signer} ({s.key})" if s.signer else s.key or "an unknown key"
+                detail = f": {s.detail}" if s.detail else ""
+                click.echo(f"  {label} {s.type} signature by {who}{detail}")
+            for sub in c.subjects:
+                click.echo(f"  subject {sub.name} sha256:{sub.digest[:12]} {sub.detail}")
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        c = failed[0]
+        reason = c.problem or next(s.detail for s in c.subjects if not s.ok)
+        raise VerificationError(f"{file}:{c.line}: {reason}")
 
 
 @cli.group()

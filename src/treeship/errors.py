@@ -47,7 +47,7 @@ class SigningError(TreeshipError):
 
 
 class VerificationError(TreeshipError):
-    """No trusted signature was found, or a bad one was."""
+    """No trusted signature was found, or a bad one was; or an attestation is not about the right commit."""
 
     exit_code = 7
 
@@ -84,11 +84,11 @@ EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected internal error",
     UsageError.exit_code: "bad usage or argument (including a malformed branch name)",
-    SourceError.exit_code: "the source tree or archive is missing, unreadable or unsupported",
+    SourceError.exit_code: "the source tree, archive or BuildStream element is missing, unreadable or unsupported",
     ProvenanceError.exit_code: "the provenance manifest is malformed",
     RepoError.exit_code: "not a repository, or unknown ref",
     SigningError.exit_code: "signing key unknown or malformed",
-    VerificationError.exit_code: "signature verification failed",
+    VerificationError.exit_code: "signature or attestation verification failed",
     StorageError.exit_code: "writing to the repository failed (disk full, I/O)",
     UnchangedError.exit_code: "tree identical to the branch head; nothing released",
     PushRejected.exit_code: "the receiver rejected a ref update (policy, signature, non-fast-forward)",

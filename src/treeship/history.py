@@ -6,7 +6,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from . import __version__
+from .errors import ProvenanceError
 from .provenance import METADATA_KEY, parse_stored
+from .provenance.spdx import to_spdx
 from .repo import Repo
 from .signing import ED25519_KEY, GPG_KEY
 
@@ -71,3 +74,15 @@ def provenance(repo: Repo, ref: str) -> dict[str, Any] | None:
     if text is None:
         return None
     return parse_stored(text, f"{ref} ({checksum[:12]})")
+
+
+def spdx_document(repo: Repo, ref: str) -> dict[str, Any]:
+    """The release's provenance as an SPDX 2.3 document (created: the commit's timestamp)."""
+    checksum = repo.require(ref)
+    manifest = provenance(repo, checksum)
+    if manifest is None:
+        raise ProvenanceError(f"{ref}: this release carries no provenance manifest")
+    rec = record(repo, checksum)
+    name = ref if ref in repo.refs() else (rec.ref_binding[0] if rec.ref_binding else ref)
+    return to_spdx(manifest, commit=checksum, name=name, version=rec.version, created=rec.date,
+                   tool_version=__version__)

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import signing, source
-from .errors import UnchangedError
+from .errors import UnchangedError, UsageError
 from .provenance import METADATA_KEY, Manifest
 from .repo import FileProgress, Repo, validate_branch
+
+if TYPE_CHECKING:
+    from .provenance.buildstream import BstRequest
 
 VERSION_KEY = "version"
 REF_BINDING_KEY = "ostree.ref-binding"
@@ -27,7 +32,7 @@ TOOL_KEY = "treeship.tool"
 
 @dataclass
 class ReleaseOptions:
-    source: str
+    source: str | None          # a directory or tar archive; None with ``bst``
     branch: str
     repo: str
     version: str | None = None
@@ -41,6 +46,7 @@ class ReleaseOptions:
     keep_ownership: bool = False
     allow_unchanged: bool = False
     timestamp: int | None = None
+    bst: BstRequest | None = None  # a BuildStream element: checked out, provenance recorded (instead of SOURCE)
 
 
 @dataclass
@@ -56,6 +62,7 @@ class ReleaseResult:
     elements: int
     signatures: list[dict[str, str]]
     seconds: float
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,21 +94,19 @@ def release(opts: ReleaseOptions, progress: FileProgress | None = None) -> Relea
     repo = open_or_create(opts.repo)
     parent = repo.resolve(opts.branch)
 
-    metadata: dict[str, Any] = {VERSION_KEY: version, REF_BINDING_KEY: [opts.branch]}
-    if repo.collection_id:
-        metadata[COLLECTION_BINDING_KEY] = repo.collection_id
-    if opts.manifest is not None:
-        metadata[METADATA_KEY] = opts.manifest.stored
-    from . import __version__
-
-    metadata[TOOL_KEY] = f"treeship {__version__}"
-
     sig_report: list[dict[str, str]] = []
-    with source.prepared(opts.source, keep_ownership=opts.keep_ownership,
-                         workdir=_tmpdir_for(repo)) as tree, repo.transaction():
+    with _prepared(opts, repo) as (tree, manifest, warnings), repo.transaction():
+        metadata: dict[str, Any] = {VERSION_KEY: version, REF_BINDING_KEY: [opts.branch]}
+        if repo.collection_id:
+            metadata[COLLECTION_BINDING_KEY] = repo.collection_id
+        if manifest is not None:
+            metadata[METADATA_KEY] = manifest.stored
+        from . import __version__
+
+        metadata[TOOL_KEY] = f"treeship {__version__}"
         mtree, tree_stats = repo.write_tree(tree, canonical=not opts.keep_ownership, progress=progress)
-        if opts.manifest_path and opts.manifest is not None:
-            repo.add_file(mtree, opts.manifest_path, opts.manifest.stored.encode())
+        if opts.manifest_path and manifest is not None:
+            repo.add_file(mtree, opts.manifest_path, manifest.stored.encode())
         contents, meta, root = repo.write_mtree(mtree)
         if parent and not opts.allow_unchanged:
             head = repo.commit(parent)
@@ -118,8 +123,24 @@ def release(opts: ReleaseOptions, progress: FileProgress | None = None) -> Relea
     return ReleaseResult(
         commit=checksum, branch=opts.branch, version=version, parent=parent, subject=subject,
         repo=str(repo.path), files=tree_stats.files, bytes=tree_stats.bytes,
-        elements=opts.manifest.element_count if opts.manifest else 0,
-        signatures=sig_report, seconds=round(time.monotonic() - started, 3))
+        elements=manifest.element_count if manifest else 0,
+        signatures=sig_report, seconds=round(time.monotonic() - started, 3), warnings=warnings)
+
+
+@contextmanager
+def _prepared(opts: ReleaseOptions, repo: Repo) -> Iterator[tuple[Path, Manifest | None, list[str]]]:
+    """The tree to commit, its manifest and warnings: SOURCE as given, or a BuildStream checkout
+    whose provenance treeship records itself."""
+    if opts.bst is not None:
+        from .provenance import buildstream
+
+        with buildstream.prepared(opts.bst, workdir=_tmpdir_for(repo)) as (tree, collected):
+            yield tree, collected.manifest, collected.warnings
+        return
+    if opts.source is None:
+        raise UsageError("nothing to release: give SOURCE or a BuildStream element")
+    with source.prepared(opts.source, keep_ownership=opts.keep_ownership, workdir=_tmpdir_for(repo)) as tree:
+        yield tree, opts.manifest, []
 
 
 def _tmpdir_for(repo: Repo) -> str | None:

@@ -100,6 +100,43 @@ class _Walk:
     symlinks: int = 0
 
 
+@dataclass(frozen=True)
+class TreeChange:
+    """One path that differs between two trees. ``type``: ``file`` or ``symlink``."""
+
+    path: str
+    change: str  # "added" | "removed" | "modified"
+    type: str
+    old_size: int | None
+    new_size: int | None
+    old_mode: int | None
+    new_mode: int | None
+
+
+def _gpg_signatures(result: OSTree.GpgVerifyResult) -> list[GpgSignature]:
+    A = OSTree.GpgSignatureAttr
+    attrs = [A.VALID, A.FINGERPRINT, A.USER_NAME, A.USER_EMAIL, A.KEY_MISSING,
+             A.SIG_EXPIRED, A.KEY_EXPIRED, A.KEY_REVOKED]
+    sigs = []
+    for i in range(result.count_all()):
+        valid, fpr, name, email, missing, sig_exp, key_exp, revoked = result.get(i, attrs).unpack()
+        problem = None
+        if missing:
+            problem = "public key not in the given keyring"
+        elif revoked:
+            problem = "key revoked"
+        elif key_exp:
+            problem = "key expired"
+        elif sig_exp:
+            problem = "signature expired"
+        elif not valid:
+            problem = "BAD signature"
+        user = f"{name} <{email}>" if email else name
+        sigs.append(GpgSignature(fingerprint=fpr, user=user, valid=bool(valid), key_missing=bool(missing),
+                                 problem=problem))
+    return sigs
+
+
 def validate_branch(name: str) -> None:
     """Reject what OSTree would not accept as a ref name, with the reason."""
     try:
@@ -348,27 +385,106 @@ class Repo:
             result = self._repo.verify_commit_ext(checksum, d, f, None)
         except GLib.Error as e:
             raise RepoError(f"commit {checksum}: GPG verification could not run: {e.message}") from None
-        A = OSTree.GpgSignatureAttr
-        attrs = [A.VALID, A.FINGERPRINT, A.USER_NAME, A.USER_EMAIL, A.KEY_MISSING,
-                 A.SIG_EXPIRED, A.KEY_EXPIRED, A.KEY_REVOKED]
-        sigs = []
-        for i in range(result.count_all()):
-            valid, fpr, name, email, missing, sig_exp, key_exp, revoked = result.get(i, attrs).unpack()
-            problem = None
-            if missing:
-                problem = "public key not in the given keyring"
-            elif revoked:
-                problem = "key revoked"
-            elif key_exp:
-                problem = "key expired"
-            elif sig_exp:
-                problem = "signature expired"
-            elif not valid:
-                problem = "BAD signature"
-            user = f"{name} <{email}>" if email else name
-            sigs.append(GpgSignature(fingerprint=fpr, user=user, valid=bool(valid), key_missing=bool(missing),
-                                     problem=problem))
-        return sigs
+        return _gpg_signatures(result)
+
+    def gpg_sign_data(self, data: bytes, key_id: str, homedir: str | None) -> bytes:
+        """A binary OpenPGP detached signature over ``data`` (``gpg --verify SIG DATA`` checks it)."""
+        empty = GLib.Variant("a{sv}", {}).get_data_as_bytes()
+        try:
+            _, out = self._repo.gpg_sign_data(GLib.Bytes.new(data), empty, [key_id], homedir, None)
+        except GLib.Error as e:
+            raise SigningError(f"GPG signing with key {key_id!r} failed: {e.message}") from None
+        # libostree returns an a{sv} holding the signatures under ostree.gpgsigs (aay)
+        v = GLib.Variant.new_from_bytes(GLib.VariantType.new("a{sv}"), out, False)
+        sigs = v.lookup_value("ostree.gpgsigs", GLib.VariantType.new("aay"))
+        if sigs is None or sigs.n_children() != 1:
+            raise SigningError(f"GPG signing with key {key_id!r} produced no signature")
+        return bytes(sigs.get_child_value(0).get_data_as_bytes().get_data() or b"")
+
+    def gpg_verify_data(self, data: bytes, signature: bytes, keyring_dir: str | None,
+                        keyring_file: str | None) -> list[GpgSignature]:
+        """Check a detached OpenPGP signature over ``data`` against the given keyrings only.
+
+        Raises RepoError when the signature bytes are not OpenPGP data at all.
+        """
+        d = Gio.File.new_for_path(keyring_dir) if keyring_dir else None
+        f = Gio.File.new_for_path(keyring_file) if keyring_file else None
+        try:
+            result = self._repo.gpg_verify_data(None, GLib.Bytes.new(data), GLib.Bytes.new(signature), d, f, None)
+        except GLib.Error as e:
+            raise RepoError(f"GPG verification could not run: {e.message}") from None
+        return _gpg_signatures(result)
+
+    # -- reading trees --------------------------------------------------------------------------
+
+    def diff_trees(self, old: str, new: str) -> list[TreeChange]:
+        """Files and symlinks added, removed or modified from commit ``old`` to ``new``.
+
+        Walks both commits' dirtree objects, skipping every subtree whose checksum is the same
+        on both sides (libostree's ``diff_dirs`` takes output arrays PyGObject cannot fill).
+        A file is modified when its content object differs: content, mode or owner.
+        Directories themselves are not reported; a path that changes type is removed and added.
+        """
+        out: list[TreeChange] = []
+        self._diff_dir("", self.commit(old).root_contents, self.commit(new).root_contents, out)
+        return out
+
+    def _dirtree(self, checksum: str | None) -> tuple[dict[str, str], dict[str, str]]:
+        if checksum is None:
+            return {}, {}
+        try:
+            _, v = self._repo.load_variant(OSTree.ObjectType.DIR_TREE, checksum)
+        except GLib.Error as e:
+            raise RepoError(f"tree {checksum}: {e.message}") from None
+        files_v, dirs_v = v.get_child_value(0), v.get_child_value(1)
+        files = {}
+        for i in range(files_v.n_children()):
+            entry = files_v.get_child_value(i)
+            files[entry.get_child_value(0).get_string()] = OSTree.checksum_from_bytes_v(entry.get_child_value(1))
+        dirs = {}
+        for i in range(dirs_v.n_children()):
+            entry = dirs_v.get_child_value(i)
+            dirs[entry.get_child_value(0).get_string()] = OSTree.checksum_from_bytes_v(entry.get_child_value(1))
+        return files, dirs
+
+    def _diff_dir(self, prefix: str, old: str | None, new: str | None, out: list[TreeChange]) -> None:
+        if old == new:
+            return
+        old_files, old_dirs = self._dirtree(old)
+        new_files, new_dirs = self._dirtree(new)
+        for name in sorted(old_files.keys() | new_files.keys() | old_dirs.keys() | new_dirs.keys()):
+            path = f"{prefix}{name}"
+            a, b = old_files.get(name), new_files.get(name)
+            if a and b:
+                if a != b:
+                    ta, sa, ma = self._file_summary(a)
+                    tb, sb, mb = self._file_summary(b)
+                    if ta != tb:
+                        out.append(TreeChange(path, "removed", ta, sa, None, ma, None))
+                        out.append(TreeChange(path, "added", tb, None, sb, None, mb))
+                    else:
+                        out.append(TreeChange(path, "modified", tb, sa, sb, ma, mb))
+            elif a:
+                ta, sa, ma = self._file_summary(a)
+                out.append(TreeChange(path, "removed", ta, sa, None, ma, None))
+            elif b:
+                tb, sb, mb = self._file_summary(b)
+                out.append(TreeChange(path, "added", tb, None, sb, None, mb))
+            if name in old_dirs or name in new_dirs:
+                self._diff_dir(f"{path}/", old_dirs.get(name), new_dirs.get(name), out)
+
+    def _file_summary(self, checksum: str) -> tuple[str, int, int]:
+        """(type, size, mode) of a content object; the size of a symlink is its target's length."""
+        try:
+            _, inp, fi, _ = self._repo.load_file(checksum, None)
+        except GLib.Error as e:
+            raise RepoError(f"file {checksum}: {e.message}") from None
+        if inp is not None:
+            inp.close(None)
+        mode = fi.get_attribute_uint32("unix::mode")
+        if fi.get_file_type() == Gio.FileType.SYMBOLIC_LINK:
+            return "symlink", len((fi.get_symlink_target() or "").encode()), mode
+        return "file", fi.get_size(), mode
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -650,16 +766,22 @@ class Repo:
                 return
             yield bytes(data)
 
-    def verify_object(self, tmp: Path, checksum: str, objtype: int) -> None:
+    def verify_object(self, src: bytes | Path, checksum: str, objtype: int) -> None:
         """Check an object received in archive form; raise TransferError if it is not ``checksum``.
 
         Nothing is trusted: metadata is hashed and its GVariant structure validated; content
-        is parsed and checksummed by libostree itself.
+        is parsed and checksummed by libostree itself. ``src`` is the object's bytes, or a
+        file holding them (large objects).
         """
         if objtype == OSTree.ObjectType.FILE:
-            inp = Gio.File.new_for_path(str(tmp)).read(None)
+            if isinstance(src, Path):
+                inp = Gio.File.new_for_path(str(src)).read(None)
+                size = src.stat().st_size
+            else:
+                inp = Gio.MemoryInputStream.new_from_bytes(GLib.Bytes.new(src))
+                size = len(src)
             try:
-                _, stream, fi, xattrs = OSTree.content_stream_parse(True, inp, tmp.stat().st_size, False, None)
+                _, stream, fi, xattrs = OSTree.content_stream_parse(True, inp, size, False, None)
                 _, raw = OSTree.checksum_file_from_input(fi, xattrs, stream, objtype, None)
             except GLib.Error as e:
                 raise TransferError(f"object {checksum}.file: malformed: {e.message}") from None
@@ -669,25 +791,37 @@ class Repo:
             if got != checksum:
                 raise TransferError(f"object {checksum}.file: checksum mismatch (content hashes to {got})")
             return
-        data = tmp.read_bytes()
+        data = src.read_bytes() if isinstance(src, Path) else src
         got = hashlib.sha256(data).hexdigest()
         if got != checksum:
             raise TransferError(f"object {checksum}.{_OBJ_EXT[objtype]}: checksum mismatch (hashes to {got})")
         _validate_metadata(data, checksum, objtype)
 
-    def place_object(self, tmp: Path, checksum: str, objtype: int) -> None:
-        """Rename a verified object into objects/, as received (no recompression)."""
+    def place_object(self, src: bytes | Path, checksum: str, objtype: int) -> None:
+        """Make a verified object visible under objects/, as received (no recompression).
+
+        The file appears under its name only complete: an unnamed O_TMPFILE linked into
+        place, or a temp file renamed; an interrupted write leaves nothing readable.
+        """
         if self.mode != "archive":
             raise RepoError(f"{self.path}: receiving needs an archive-mode repository, this one is {self.mode}")
         dest = self.path / "objects" / self.object_relpath(checksum, objtype)
-        dest.parent.mkdir(mode=0o755, exist_ok=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
+        try:
+            dest.parent.mkdir(mode=0o755, exist_ok=True)
+            if isinstance(src, Path):
+                os.chmod(src, 0o644)
+                os.replace(src, dest)
+            else:
+                _write_new_file(dest, src)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise StorageError(f"{self.path}: no space left on device") from None
+            raise StorageError(f"{self.path}: storing {dest.name}: {e.strerror}") from None
 
-    def install_object(self, tmp: Path, checksum: str, objtype: int) -> None:
+    def install_object(self, src: bytes | Path, checksum: str, objtype: int) -> None:
         """Verify, then make visible: no object is readable before it is checked."""
-        self.verify_object(tmp, checksum, objtype)
-        self.place_object(tmp, checksum, objtype)
+        self.verify_object(src, checksum, objtype)
+        self.place_object(src, checksum, objtype)
 
     def mark_partial(self, commit: str, partial: bool) -> None:
         self._repo.mark_commit_partial(commit, partial)
@@ -845,3 +979,31 @@ def _validate_metadata(data: bytes, checksum: str, objtype: int) -> None:
             validator(v)
         except GLib.Error as e:
             raise TransferError(f"object {name}: invalid: {e.message}") from None
+
+
+def _write_new_file(dest: Path, data: bytes) -> None:
+    """Create ``dest`` holding ``data``, visible only once complete (O_TMPFILE + linkat)."""
+    dfd = os.open(dest.parent, os.O_DIRECTORY | os.O_RDONLY)
+    try:
+        try:
+            fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o644, dir_fd=dfd)
+        except OSError:  # no O_TMPFILE here: a temp name, then rename
+            tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}-{threading.get_ident()}"
+            tmp.write_bytes(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, 0o644)
+            try:
+                # dst_dir_fd makes CPython call linkat(AT_SYMLINK_FOLLOW), which follows /proc's link.
+                os.link(f"/proc/self/fd/{fd}", dest.name, dst_dir_fd=dfd, follow_symlinks=True)
+            except FileExistsError:
+                pass  # the same verified object, placed by a concurrent push
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dfd)

@@ -5,16 +5,21 @@ libsodium. The format is exactly ``ostree sign``'s: detached metadata key
 ``ostree.sign.ed25519`` (``aay``), each entry the raw 64-byte signature over the
 ``.commit`` object's bytes; a secret key file holds base64(seed ‖ public key), a public
 key is base64 of its 32 bytes.
+
+The same keys sign arbitrary bytes too (``*_data`` functions: DSSE envelopes, see attest.py).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +27,8 @@ from typing import Any
 import nacl.exceptions
 import nacl.signing
 
-from .errors import SigningError, UsageError, VerificationError
-from .repo import Repo
+from .errors import RepoError, SigningError, UsageError, VerificationError
+from .repo import GpgSignature, Repo
 
 ED25519_KEY = "ostree.sign.ed25519"
 GPG_KEY = "ostree.gpgsigs"
@@ -189,11 +194,14 @@ def ed25519_check(repo: Repo, checksum: str, public_keys: list[bytes]) -> list[S
 # -- GPG ------------------------------------------------------------------------------------
 
 
-def gpg_check_secret_key(key_id: str, homedir: str | None) -> None:
-    """Fail early, before any work, when GnuPG does not know the signing key."""
+def gpg_check_secret_key(key_id: str, homedir: str | None) -> str | None:
+    """Fail early, before any work, when GnuPG does not know the signing key.
+
+    Returns the key's fingerprint (None when gpg is not installed).
+    """
     gpg = shutil.which("gpg")
     if gpg is None:
-        return  # libostree will report the problem itself
+        return None  # libostree will report the problem itself
     cmd = [gpg, "--batch", "--list-secret-keys", "--with-colons", key_id]
     if homedir:
         if not Path(homedir).is_dir():
@@ -203,6 +211,8 @@ def gpg_check_secret_key(key_id: str, homedir: str | None) -> None:
     if res.returncode != 0 or "sec:" not in res.stdout:
         where = f" in {homedir}" if homedir else ""
         raise SigningError(f"GPG secret key {key_id!r} not found{where}")
+    fprs = [ln.split(":")[9] for ln in res.stdout.splitlines() if ln.startswith("fpr:")]
+    return fprs[0] if fprs else None
 
 
 def gpg_sign(repo: Repo, checksum: str, key_ids: list[str], homedir: str | None) -> None:
@@ -211,34 +221,44 @@ def gpg_sign(repo: Repo, checksum: str, key_ids: list[str], homedir: str | None)
 
 
 def gpg_check(repo: Repo, checksum: str, homedir: str | None, keyring: str | None) -> list[SignatureCheck]:
-    """Check GPG signatures against a GnuPG home's public keys or a keyring file only.
+    """Check GPG signatures against a GnuPG home's public keys or a keyring file only."""
+    with _gpg_trust(homedir, keyring) as trust:
+        if trust is None:
+            return [SignatureCheck("gpg", "unknown-key", "", detail="no GPG keyring given")
+                    for _ in repo.detached_metadata(checksum).get(GPG_KEY, [])]
+        sigs = repo.gpg_verify(checksum, *trust)
+    return [_gpg_verdict(s) for s in sigs]
+
+
+@contextmanager
+def _gpg_trust(homedir: str | None, keyring: str | None) -> Iterator[tuple[str, str] | None]:
+    """(empty keyring dir, keyring file) holding only the given keys; None when none is given.
 
     libostree reads ``*.gpg`` keyring files from a directory, which a modern GnuPG home
-    (``pubring.kbx``) lacks: its public keys are exported to a private keyring first.
+    (``pubring.kbx``) lacks: its public keys are exported to a private keyring first. An
+    empty keyring directory keeps the system's trusted keys out of the verdict.
     """
     with tempfile.TemporaryDirectory(prefix="treeship-gpg-") as tmp:
-        extra = keyring
         if keyring and not Path(keyring).is_file():
             raise VerificationError(f"{keyring}: no such GPG keyring file")
+        extra = keyring
         if homedir:
             extra = os.path.join(tmp, "exported.gpg")
             _gpg_export(homedir, extra)
-        elif not keyring:
-            return [SignatureCheck("gpg", "unknown-key", "", detail="no GPG keyring given")
-                    for _ in repo.detached_metadata(checksum).get(GPG_KEY, [])]
-        # An empty keyring directory keeps the system's trusted keys out of the verdict.
+        if extra is None:
+            yield None
+            return
         keyring_dir = os.path.join(tmp, "keyrings")
         os.mkdir(keyring_dir)
-        sigs = repo.gpg_verify(checksum, keyring_dir, extra)
-    out = []
-    for s in sigs:
-        if s.valid:
-            out.append(SignatureCheck("gpg", "good", s.fingerprint, s.user))
-        elif s.key_missing:
-            out.append(SignatureCheck("gpg", "unknown-key", s.fingerprint, detail=s.problem or ""))
-        else:
-            out.append(SignatureCheck("gpg", "bad", s.fingerprint, s.user, s.problem or "BAD signature"))
-    return out
+        yield keyring_dir, extra
+
+
+def _gpg_verdict(s: GpgSignature) -> SignatureCheck:
+    if s.valid:
+        return SignatureCheck("gpg", "good", s.fingerprint, s.user)
+    if s.key_missing:
+        return SignatureCheck("gpg", "unknown-key", s.fingerprint, detail=s.problem or "")
+    return SignatureCheck("gpg", "bad", s.fingerprint, s.user, s.problem or "BAD signature")
 
 
 def _gpg_export(homedir: str, dest: str) -> None:
@@ -261,3 +281,50 @@ def verify(repo: Repo, checksum: str, *, gpg_homedir: str | None = None, gpg_key
     checks = gpg_check(repo, checksum, gpg_homedir, gpg_keyring)
     checks += ed25519_check(repo, checksum, ed25519_keys or [])
     return Verification(checksum, checks)
+
+
+# -- signing arbitrary bytes (DSSE envelopes: see attest.py) ----------------------------------
+
+
+def ed25519_keyid(public_key: bytes) -> str:
+    """A key id for an ed25519 public key: lowercase hex sha256 of its 32 raw bytes."""
+    return hashlib.sha256(public_key).hexdigest()
+
+
+def ed25519_sign_data(secret: Ed25519Secret, data: bytes) -> bytes:
+    """The raw 64-byte ed25519 signature over ``data``."""
+    return secret.signing_key.sign(data).signature
+
+
+def ed25519_check_data(data: bytes, signature: bytes, public_keys: list[bytes]) -> SignatureCheck:
+    """Which trusted key, if any, made ``signature`` over ``data``."""
+    if len(signature) != 64:
+        return SignatureCheck("ed25519", "bad", "", detail=f"malformed signature ({len(signature)} bytes)")
+    for key in public_keys:
+        try:
+            nacl.signing.VerifyKey(key).verify(data, signature)
+        except nacl.exceptions.BadSignatureError:
+            continue
+        return SignatureCheck("ed25519", "good", base64.b64encode(key).decode())
+    return SignatureCheck("ed25519", "unknown-key", "", detail="not made by any given public key")
+
+
+def gpg_sign_data(repo: Repo, data: bytes, key_id: str, homedir: str | None) -> tuple[bytes, str]:
+    """A binary OpenPGP detached signature over ``data`` (made by libostree), and the key's fingerprint."""
+    fingerprint = gpg_check_secret_key(key_id, homedir)
+    return repo.gpg_sign_data(data, key_id, homedir), fingerprint or key_id
+
+
+def gpg_check_data(repo: Repo, data: bytes, signature: bytes, homedir: str | None,
+                   keyring: str | None) -> SignatureCheck:
+    """Check one detached OpenPGP signature over ``data`` against the given keys only."""
+    with _gpg_trust(homedir, keyring) as trust:
+        if trust is None:
+            return SignatureCheck("gpg", "unknown-key", "", detail="no GPG keyring given")
+        try:
+            sigs = repo.gpg_verify_data(data, signature, *trust)
+        except RepoError:
+            return SignatureCheck("gpg", "bad", "", detail="not an OpenPGP signature")
+    if len(sigs) != 1:
+        return SignatureCheck("gpg", "bad", "", detail=f"{len(sigs)} OpenPGP signatures in one DSSE signature")
+    return _gpg_verdict(sigs[0])

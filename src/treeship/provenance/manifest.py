@@ -148,7 +148,10 @@ def render_text(data: dict[str, Any]) -> str:
             described = ""
             if src.get("ref") and src.get("commit") and src["ref"] != src["commit"]:
                 described = f" ({src['ref']})"
-            lines.append(f"    source: {src['kind']} {src.get('url', '')}{extra}{described}")
+            where = src.get("url") or src.get("path") or ""
+            lines.append(f"    source: {src['kind']} {where}{extra}{described}".rstrip())
+            if src.get("warning"):
+                lines.append(f"      warning: {src['warning']}")
         if el.get("build_depends"):
             lines.append(f"    build deps: {', '.join(el['build_depends'])}")
         if el.get("runtime_depends"):
