@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from . import wire
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _TYPE_NAMES = {int(v): k for k, v in OBJECT_TYPES.items()}
 MAX_COMMITMETA = 16 << 20
+SPILL_SIZE = 8 << 20  # objects larger than this go to a temp file, not memory
+MAX_IN_FLIGHT = 48 << 20  # bytes of received objects queued for verification in memory
 LOCK_NAME = ".treeship-receive.lock"
 TMP_PREFIX = "treeship-receive-"
 
@@ -70,6 +73,7 @@ class Receiver:
         self.create = create
         self.received_bytes = 0
         self.warnings: list[str] = []
+        self.closure: dict[str, str | None] = {}  # commit → what is missing (None: complete)
 
     def run(self) -> None:
         try:
@@ -114,10 +118,11 @@ class Receiver:
                 repo.mark_partial(csum, True)  # until its closure is known to be here
                 repo.place_object(path, csum, int(OBJECT_TYPES["commit"]))
             for csum in commits:
-                if repo.check_closure(csum) is None:
+                self.closure[csum] = repo.check_closure(csum)
+                if self.closure[csum] is None:
                     repo.mark_partial(csum, False)
             for csum, data in metas.items():
-                if not repo.has_object(csum, int(OBJECT_TYPES["commit"])):
+                if not repo.has_commit(csum):
                     raise TransferError(f"signatures for commit {csum}, which is not here")
                 repo.merge_detached_signatures(csum, data)
         self._move_refs(updates)
@@ -189,40 +194,47 @@ class Receiver:
         elif not self.policy.may_force(self.key_id, u.ref):
             u.reject("non-fast-forward: --force is not allowed on this branch for this key")
 
-    def _receive_objects(self, tmp: Path) -> tuple[dict[str, Path], dict[str, bytes]]:
-        commits: dict[str, Path] = {}
+    def _receive_objects(self, tmp: Path) -> tuple[dict[str, bytes | Path], dict[str, bytes]]:
+        """Read objects until FINISH; verify and place each in a worker while reading goes on."""
+        commits: dict[str, bytes | Path] = {}
         metas: dict[str, bytes] = {}
-        pending: list[Future[None]] = []
+        pending: deque[tuple[Future[None], int]] = deque()
+        in_flight = 0  # bytes held in memory by queued jobs: bounded, whatever the push size
         counter = 0
         with ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="treeship-verify") as pool:
             try:
                 while True:
                     frame = self.reader.read()
-                    if frame.type == wire.QUERY:
-                        self._answer_query(frame)
-                    elif frame.type == wire.OBJECT:
+                    if frame.type == wire.OBJECT:
                         counter += 1
-                        csum, objtype, path = self._read_object(frame, tmp, counter)
-                        name = _TYPE_NAMES.get(objtype)
+                        csum, objtype, data = self._read_object(frame, tmp, counter)
+                        name = _TYPE_NAMES[objtype]
                         if name == "commit":
-                            commits[csum] = path
+                            commits[csum] = data
                         elif name == "commitmeta":
-                            metas[csum] = path.read_bytes()
+                            metas[csum] = data.read_bytes() if isinstance(data, Path) else data
                         else:
-                            pending.append(pool.submit(self.repo.install_object, path, csum, objtype))
-                        pending = _reap(pending)
+                            size = len(data) if isinstance(data, bytes) else 0
+                            pending.append((pool.submit(self.repo.install_object, data, csum, objtype), size))
+                            in_flight += size
+                        while pending and (pending[0][0].done() or in_flight > MAX_IN_FLIGHT):
+                            fut, size = pending.popleft()
+                            fut.result()
+                            in_flight -= size
+                    elif frame.type == wire.QUERY:
+                        self._answer_query(frame)
                     elif frame.type == wire.FINISH:
                         break
                     elif frame.type == wire.ERROR:
                         raise TransferError(f"pusher error: {frame.json().get('message', '?')}")
                     else:
                         raise TransferError(f"protocol error: unexpected frame {frame.type!r}")
-                for fut in pending:
+                for fut, _ in pending:
                     fut.result()
             except BaseException:
                 # Objects that arrived whole are kept (a retry will not resend them): let the
                 # queued checks finish; their own failures only mean those objects are dropped.
-                for fut in pending:
+                for fut, _ in pending:
                     try:
                         fut.result()
                     except Exception:  # noqa: BLE001, S110 - the first error is the one raised
@@ -244,7 +256,8 @@ class Receiver:
         self.writer.send_json(wire.MISSING, {"objects": missing})
         self.writer.flush()
 
-    def _read_object(self, frame: wire.Frame, tmp: Path, n: int) -> tuple[str, int, Path]:
+    def _read_object(self, frame: wire.Frame, tmp: Path, n: int) -> tuple[str, int, bytes | Path]:
+        """One object's bytes: in memory, or spilled to a file past SPILL_SIZE."""
         if len(frame.payload) != 33:
             raise TransferError("protocol error: malformed OBJECT frame")
         objtype = frame.payload[0]
@@ -252,9 +265,10 @@ class Receiver:
             raise TransferError(f"protocol error: unknown object type {objtype}")
         csum = frame.payload[1:].hex()
         limit = MAX_COMMITMETA if _TYPE_NAMES[objtype] == "commitmeta" else self.policy.max_object_size
-        path = tmp / f"{n}.{_TYPE_NAMES[objtype]}"
+        chunks: list[bytes] = []
         size = 0
-        with open(path, "wb") as f:
+        spill = None
+        try:
             while True:
                 chunk = self.reader.read()
                 if chunk.type == wire.END:
@@ -267,8 +281,21 @@ class Receiver:
                     raise TransferError(f"object {csum}.{_TYPE_NAMES[objtype]} exceeds the limit of {limit} bytes")
                 if self.received_bytes > self.policy.max_push_size:
                     raise TransferError(f"push exceeds the limit of {self.policy.max_push_size} bytes")
-                f.write(chunk.payload)
-        return csum, objtype, path
+                if spill is not None:
+                    spill.write(chunk.payload)
+                    continue
+                chunks.append(chunk.payload)
+                if size > SPILL_SIZE:
+                    path = tmp / f"{n}.{_TYPE_NAMES[objtype]}"
+                    spill = open(path, "wb")  # noqa: SIM115 - closed below
+                    spill.writelines(chunks)
+                    chunks = []
+        finally:
+            if spill is not None:
+                spill.close()
+        if spill is not None:
+            return csum, objtype, Path(spill.name)
+        return csum, objtype, b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
     def _move_refs(self, updates: list[Update]) -> None:
         repo = self.repo
@@ -276,7 +303,10 @@ class Receiver:
         for u in live:
             if u.new is None:
                 continue
-            missing = repo.check_closure(u.new) if repo.has_commit(u.new) else "commit not received"
+            if u.new in self.closure:
+                missing = self.closure[u.new]
+            else:
+                missing = repo.check_closure(u.new) if repo.has_commit(u.new) else "commit not received"
             if missing:
                 u.reject(f"incomplete commit {u.new[:12]}: {missing}")
                 continue
@@ -338,17 +368,6 @@ class Receiver:
         if s.ed25519_secret:
             key = signing.load_ed25519_secret(s.ed25519_secret)
             repo.add_summary_signatures(signing.ED25519_KEY, [key.signing_key.sign(repo.summary_bytes()).signature])
-
-
-def _reap(pending: list[Future[None]]) -> list[Future[None]]:
-    """Raise the first verification failure early; keep the unfinished jobs."""
-    still = []
-    for fut in pending:
-        if fut.done():
-            fut.result()
-        else:
-            still.append(fut)
-    return still
 
 
 class _SessionDir:
