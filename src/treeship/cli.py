@@ -507,14 +507,12 @@ def push(remote_name: str, branches: tuple[str, ...], repo_path: str, force: boo
     One line per ref: ok, up to date, or rejected with the reason.
     """
     from .errors import PushRejected
-    from .repo import Repo
     from .transfer.pusher import PushResult
     from .transfer.pusher import push as do_push
 
-    repo = Repo.open(repo_path)
     try:
         with _push_progress(not as_json) as progress:
-            result = do_push(repo, remote_name, list(branches), force=force, ssh_command=ssh_command,
+            result = do_push(repo_path, remote_name, list(branches), force=force, ssh_command=ssh_command,
                              receive_command=receive_command, progress=progress)
     except PushRejected as e:
         if isinstance(e.result, PushResult):

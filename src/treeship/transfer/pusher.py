@@ -10,14 +10,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import PushRejected, RepoError, TransferError, TreeshipError, UsageError
-from ..repo import OBJECT_TYPES, Repo
 from . import wire
-from .transport import Connection, Target, parse_url, receive_argv
+from .transport import Connection, Target, configured_remote_url, parse_url, receive_argv
+
+if TYPE_CHECKING:
+    from ..repo import Repo
 
 QUERY_BATCH = 50_000
+OBJECT_TYPES = wire.OBJECT_TYPES
 _TYPE_NAMES = {int(v): k for k, v in OBJECT_TYPES.items()}
 # Send order: what others point at goes first; commits (with their signatures) last.
 _ORDER = {"file": 0, "dirmeta": 1, "dirtree": 2, "commit": 3, "commitmeta": 4}
@@ -55,9 +59,9 @@ class PushResult:
         return d
 
 
-def resolve_remote(repo: Repo, remote: str) -> Target:
+def resolve_remote(repo_path: str, remote: str) -> Target:
     """A remote name from the repo's config, or a URL / path given directly."""
-    url = repo.remote_url(remote)
+    url = configured_remote_url(repo_path, remote)
     if url is None:
         if "://" in remote or "/" in remote or remote.startswith("."):
             url = remote
@@ -66,23 +70,37 @@ def resolve_remote(repo: Repo, remote: str) -> Target:
     return parse_url(url)
 
 
-def push(repo: Repo, remote: str, branches: list[str], *, force: bool = False, ssh_command: str | None = None,
+def push(repo_path: str, remote: str, branches: list[str], *, force: bool = False, ssh_command: str | None = None,
          receive_command: str | None = None, progress: PushProgress | None = None) -> PushResult:
-    """Push ``branches`` of ``repo`` to ``remote``; raise PushRejected if a ref was refused."""
+    """Push ``branches`` of the repo at ``repo_path`` to ``remote``; raise PushRejected if a ref was refused.
+
+    The SSH connection starts first, so its handshake overlaps loading libostree and
+    resolving the branches.
+    """
     started = time.monotonic()
     if not branches:
         raise UsageError("name at least one branch to push")
-    heads = {b: repo.require(b) for b in branches}
-    target = resolve_remote(repo, remote)
+    if not Path(repo_path, "config").is_file():
+        from ..repo import Repo
+
+        Repo.open(repo_path)  # raises the precise error
+    target = resolve_remote(repo_path, remote)
     conn = Connection(receive_argv(target, ssh_command=ssh_command, receive_command=receive_command,
                                    create=target.kind == "local"))
     try:
+        from ..repo import Repo
+
+        repo = Repo.open(repo_path)
+        heads = {b: repo.require(b) for b in branches}
         result = _session(repo, conn, str(target), heads, force, progress)
     except TreeshipError as e:
         conn.close(kill=True)
         tail = conn.stderr_tail()
         if isinstance(e, TransferError) and tail and tail not in e.message and not e.message.startswith("remote"):
             raise TransferError(f"{e.message} ({tail})") from None
+        raise
+    except BaseException:
+        conn.close(kill=True)
         raise
     rc = conn.close()
     result.seconds = round(time.monotonic() - started, 3)

@@ -6,6 +6,7 @@ local-path remote (the embedded default) runs exactly the code path SSH does.
 
 from __future__ import annotations
 
+import configparser
 import os
 import shlex
 import subprocess
@@ -56,6 +57,24 @@ def parse_url(url: str) -> Target:
     if "://" in url:
         raise UsageError(f"{url}: unsupported URL scheme (use ssh://, file:// or a path)")
     return Target("local", url)
+
+
+def configured_remote_url(repo_path: str, name: str) -> str | None:
+    """The URL of remote ``name`` in the repo's config (or remotes.d/), as `ostree remote add` writes it.
+
+    Read directly (a key file, documented in ostree.repo-config(5)) so that the SSH
+    connection can start before libostree is even loaded.
+    """
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    files = [Path(repo_path, "config"), *sorted(Path(repo_path, "remotes.d").glob("*.conf"))]
+    try:
+        parser.read([str(f) for f in files], encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError):
+        return None
+    section = f'remote "{name}"'
+    if parser.has_option(section, "url"):
+        return parser.get(section, "url").strip()
+    return None
 
 
 def local_treeship() -> list[str]:

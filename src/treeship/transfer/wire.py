@@ -32,6 +32,9 @@ FINISH = b"F"  # JSON pusher→receiver: all objects sent; move the refs
 STATUS = b"S"  # JSON receiver→pusher: one status per ref
 ERROR = b"X"  # JSON either way: fatal, with a message
 
+#: OSTree's object type numbers (part of its stable format), as OBJECT frames carry them.
+OBJECT_TYPES = {"file": 1, "dirtree": 2, "dirmeta": 3, "commit": 4, "commitmeta": 6}
+
 CONTROL_TYPES = {HELLO, UPDATE, PREFLIGHT, QUERY, MISSING, FINISH, STATUS, ERROR}
 ALL_TYPES = CONTROL_TYPES | {OBJECT, DATA, END}
 MAX_CONTROL = 16 << 20  # a QUERY of ~250k object names
