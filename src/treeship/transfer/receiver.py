@@ -29,8 +29,8 @@ from . import wire
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _TYPE_NAMES = {int(v): k for k, v in OBJECT_TYPES.items()}
 MAX_COMMITMETA = 16 << 20
-SPILL_SIZE = 8 << 20  # objects larger than this go to a temp file, not memory
-MAX_IN_FLIGHT = 48 << 20  # bytes of received objects queued for verification in memory
+SPILL_SIZE = 4 << 20  # objects larger than this go to a temp file, not memory
+MAX_IN_FLIGHT = 16 << 20  # bytes of received objects queued for verification in memory
 LOCK_NAME = ".treeship-receive.lock"
 TMP_PREFIX = "treeship-receive-"
 
