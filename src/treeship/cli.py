@@ -29,6 +29,16 @@ repo_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object for machines.")
 
 
+def trust_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--gpg-homedir / --gpg-keyring / --ed25519-pubkey: the keys a verification trusts."""
+    f = click.option("--ed25519-pubkey", "ed25519_keys", multiple=True, metavar="KEY_OR_FILE",
+                     help="Trust this ed25519 public key (base64, or a file of them; repeatable).")(f)
+    f = click.option("--gpg-keyring", type=click.Path(dir_okay=False, path_type=str),
+                     help="Trust the keys of this GPG keyring file.")(f)
+    return click.option("--gpg-homedir", type=click.Path(file_okay=False, path_type=str),
+                        help="Trust the public keys of this GnuPG home.")(f)
+
+
 def _emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False))
 
@@ -285,12 +295,7 @@ def show(ref: str, repo_path: str, only_provenance: bool, fmt: str) -> None:
 @cli.command()
 @click.argument("ref")
 @repo_option
-@click.option("--gpg-homedir", type=click.Path(file_okay=False, path_type=str),
-              help="Trust the public keys of this GnuPG home.")
-@click.option("--gpg-keyring", type=click.Path(dir_okay=False, path_type=str),
-              help="Trust the keys of this GPG keyring file.")
-@click.option("--ed25519-pubkey", "ed25519_keys", multiple=True, metavar="KEY_OR_FILE",
-              help="Trust this ed25519 public key (base64, or a file of them; repeatable).")
+@trust_options
 @json_option
 def verify(ref: str, repo_path: str, gpg_homedir: str | None, gpg_keyring: str | None,
            ed25519_keys: tuple[str, ...], as_json: bool) -> None:
@@ -389,12 +394,7 @@ def attest(ref: str, repo_path: str, ed25519_files: tuple[str, ...], gpg_keys: t
 @click.argument("file", type=click.Path(readable=False, path_type=str))
 @repo_option
 @click.option("--ref", help="The release the attestation must be about (default: each subject's branch head).")
-@click.option("--gpg-homedir", type=click.Path(file_okay=False, path_type=str),
-              help="Trust the public keys of this GnuPG home.")
-@click.option("--gpg-keyring", type=click.Path(dir_okay=False, path_type=str),
-              help="Trust the keys of this GPG keyring file.")
-@click.option("--ed25519-pubkey", "ed25519_keys", multiple=True, metavar="KEY_OR_FILE",
-              help="Trust this ed25519 public key (base64, or a file of them; repeatable).")
+@trust_options
 @json_option
 def verify_attestation(file: str, repo_path: str, ref: str | None, gpg_homedir: str | None,
                        gpg_keyring: str | None, ed25519_keys: tuple[str, ...], as_json: bool) -> None:
