@@ -13,7 +13,8 @@ Scenarios, each against a real ``sshd`` on 127.0.0.1 (tests/sshd_server.py):
 - incremental: release 2 onto a destination holding release 1 as that same tool left it;
 - noop:        release 2 again onto a destination that has it.
 
-Tools: ``treeship push``; ostree-push 1.2.0 (PyPI, in its own venv; its ``ostree-receive``
+Tools: ``treeship push``; ``treeship push --delta`` (incremental only: a static delta from
+the destination's head, for slow links); ostree-push 1.2.0 (PyPI, in its own venv; its ``ostree-receive``
 is on the sshd's PATH); ``rsync -a`` of the repository directory; ``tar-limit``: exactly
 the object files the push has to move, ``tar -c | ssh host 'tar -x'``; and ``ssh host true``.
 
@@ -59,7 +60,8 @@ BRANCH = "bench/x86_64"
 MB = 1_000_000
 OSTREE_PUSH = "ostree-push==1.2.0"
 SCENARIOS = ("first", "incremental", "noop")
-TOOLS = ("treeship", "ostree-push", "rsync", "tar-limit", "ssh-true")
+TOOLS = ("treeship", "treeship-delta", "ostree-push", "rsync", "tar-limit", "ssh-true")
+DELTA_ONLY_IN = "incremental"  # treeship-delta pushes onto a head: the other scenarios have none, or no change
 TIME = "/usr/bin/time"
 QUICK_SPEC = release_bench.TreeSpec(files=300, total_bytes=15 * MB, big_files=5)
 
@@ -292,7 +294,8 @@ def prepare(env: Env, tool: str, scenario: str, dest: Path, templates: dict[str,
         elif tool == "tar-limit":
             dest.mkdir()
     elif tool != "ssh-true":
-        subprocess.run(["cp", "-a", str(templates[f"{scenario}/{tool}"]), str(dest)], check=True)
+        like = "treeship" if tool == "treeship-delta" else tool  # starts from what treeship's first push left
+        subprocess.run(["cp", "-a", str(templates[f"{scenario}/{like}"]), str(dest)], check=True)
     os.sync()  # the previous run's writeback must not land on this one
 
 
@@ -306,10 +309,10 @@ def command(env: Env, tool: str, scenario: str, dest: Path, port: int, rusage: P
     ssh = ssh_argv(env, port)
     # No spaces in the format: ostree-push re-splits its --command and ssh re-joins it.
     wrap = f"{TIME} -f %U,%S,%M -o {shlex.quote(str(rusage))}"
-    if tool == "treeship":
+    if tool in ("treeship", "treeship-delta"):
         return [env.treeship, "push", dest_url(env, dest, port), BRANCH, "--repo", str(src),
                 "--ssh-command", " ".join(shlex.quote(a) for a in env.key.ssh_argv),
-                "--receive-command", f"{wrap} treeship", "--json"]
+                "--receive-command", f"{wrap} treeship", "--json", *(["--delta"] if tool == "treeship-delta" else [])]
     if tool == "ostree-push":
         assert env.opush_bin is not None
         opts = []
@@ -387,8 +390,10 @@ def run_one(env: Env, tool: str, scenario: str, dest: Path, port: int, run: int,
         s.receiver_rss_mb = round(int(kb) / 1024, 1)
         cpu += float(user) + float(system)
     s.cpu_s = round(cpu, 2)
-    if tool == "treeship":
+    if tool in ("treeship", "treeship-delta"):
         out_json = json.loads((env.work / "stdout.txt").read_text())
+        if tool == "treeship-delta" and not out_json.get("deltas"):
+            raise SystemExit(f"treeship --delta ({scenario}) sent no delta: {out_json.get('messages')}")
         s.payload_bytes, s.objects_sent = out_json.get("wire_bytes"), out_json.get("objects_sent")
     return s
 
@@ -398,6 +403,7 @@ def run_scenario(env: Env, scenario: str, tools: list[str], runs: int, proxy: Co
     """``runs`` timed rounds (tool order rotating), then one counted round through the relay."""
     samples: list[Sample] = []
     port = env.server.port
+    tools = [t for t in tools if t != "treeship-delta" or scenario == DELTA_ONLY_IN]
     for run in range(runs + 1):
         counted = run == runs
         k = run % len(tools)
@@ -417,7 +423,7 @@ def run_scenario(env: Env, scenario: str, tools: list[str], runs: int, proxy: Co
             extra = f", {s.cpu_s} s CPU, receiver {s.receiver_rss_mb} MB" if s.receiver_rss_mb else ""
             wire = f", {(s.wire_up or 0) + (s.wire_down or 0):,} B on the wire" if counted else ""
             label = "counted" if counted else f"run {run + 1}/{runs}"
-            print(f"  {scenario:11} {label:9} {tool:11} {s.wall_s:7.3f} s{extra}{wire}", file=sys.stderr)
+            print(f"  {scenario:11} {label:9} {tool:14} {s.wall_s:7.3f} s{extra}{wire}", file=sys.stderr)
             # What this push left is where the next scenario starts from.
             nxt = {"first": "incremental", "incremental": "noop"}.get(scenario)
             key = f"{nxt}/{tool}"
@@ -529,7 +535,7 @@ def summarize(samples: list[Sample]) -> list[Row]:
     return rows
 
 
-def targets(rows: list[Row], missing_bytes: int) -> list[dict[str, Any]]:
+def targets(rows: list[Row], missing_bytes: int, static_delta_bytes: int) -> list[dict[str, Any]]:
     """The issue's targets for treeship, each with the measured value."""
     get = {(r.scenario, r.tool): r for r in rows}
     out = []
@@ -547,6 +553,9 @@ def targets(rows: list[Row], missing_bytes: int) -> list[dict[str, Any]]:
         add("incremental / rsync (wall)", t["incremental"].vs_rsync, 1.0)
         wire = t["incremental"].wire_bytes
         add("incremental wire bytes / missing objects", round(wire / missing_bytes, 3) if wire else None, 1.05)
+    delta = get.get(("incremental", "treeship-delta"))
+    if delta and delta.wire_bytes:
+        add("--delta wire bytes / static-delta generate", round(delta.wire_bytes / static_delta_bytes, 3), 1.2)
     if t["noop"] and get.get(("noop", "ssh-true")):
         add("no-op / ssh host true (wall)", round(t["noop"].median_s / get[("noop", "ssh-true")].median_s, 2), 1.5)
     return out
@@ -600,12 +609,12 @@ def print_report(rep: dict[str, Any], rows: list[Row]) -> None:
     if rep.get("ostree_push_error"):
         print(f"ostree-push: NOT RUN: {rep['ostree_push_error']}")
     print()
-    print(f"{'scenario':12} {'tool':12} {'median s':>9} {'min s':>7} {'max s':>7} {'wire bytes':>11} "
+    print(f"{'scenario':12} {'tool':14} {'median s':>9} {'min s':>7} {'max s':>7} {'wire bytes':>11} "
           f"{'/rsync':>7} {'/tar':>7} {'CPU s':>6} {'recv RSS':>9} {'counted s':>10}")
     for r in rows:
         ratio = lambda v: f"{v:6.2f}x" if v is not None else "      -"  # noqa: E731
         rss = f"{r.receiver_rss_mb:6.1f} MB" if r.receiver_rss_mb else "        -"
-        print(f"{r.scenario:12} {r.tool:12} {r.median_s:9.3f} {r.min_s:7.3f} {r.max_s:7.3f} "
+        print(f"{r.scenario:12} {r.tool:14} {r.median_s:9.3f} {r.min_s:7.3f} {r.max_s:7.3f} "
               f"{fmt_bytes(r.wire_bytes):>11} {ratio(r.vs_rsync)} {ratio(r.vs_tar)} {r.cpu_s:6.2f} {rss} "
               f"{r.counted_s if r.counted_s is not None else '-':>10}")
     print()
@@ -696,7 +705,8 @@ def main(argv: list[str] | None = None) -> int:
            "changes": {**asdict(changes), "changed": changes.changed}, "sizes": sizes,
            "load_before": round(load_before, 2), "load_after": round(load_after, 2),
            "ostree_push_error": opush_error, "commits": [env.commit1, env.commit2],
-           "targets": targets(rows, sizes["missing_bytes"]), "rows": [asdict(r) for r in rows],
+           "targets": targets(rows, sizes["missing_bytes"], sizes["static_delta_bytes"]),
+           "rows": [asdict(r) for r in rows],
            "samples": [asdict(s) for s in samples]}
     if args.save:
         args.save.write_text(json.dumps(rep, indent=2) + "\n")

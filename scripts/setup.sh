@@ -7,7 +7,7 @@ VENV=${VENV:-.venv}
 
 PACKAGES=(ostree gir1.2-ostree-1.0 libgirepository1.0-dev libcairo2-dev pkg-config gcc
           python3-dev python3-venv openssh-server openssh-client gnupg buildstream rsync
-          zstd xz-utils git)
+          zstd xz-utils git strace)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -171,3 +171,8 @@ def repo(tmp_path: Path) -> Path:
 def pytest_report_header(config: pytest.Config) -> str:
     have = {tool: bool(shutil.which(tool)) for tool in ("ostree", "gpg", "zstd")}
     return "tools: " + ", ".join(f"{k}={'yes' if v else 'MISSING'}" for k, v in have.items())
+
+
+# The push tests' fixtures live with their helpers in pushkit.py (tests/test_push.py,
+# tests/reliability/, tests/security/); imported here so that one sshd serves them all.
+from pushkit import server, sshd  # noqa: E402, F401

@@ -497,9 +497,11 @@ def _push_progress(enabled: bool) -> Iterator[Callable[[int, int, int, int], Non
               help="SSH command and options, e.g. 'ssh -i key -o IdentitiesOnly=yes'.")
 @click.option("--receive-command", envvar="TREESHIP_RECEIVE", show_envvar=True,
               help="treeship on the server, if it is not on the remote PATH.")
+@click.option("--delta", is_flag=True,
+              help="Send a static delta from the receiver's head instead of objects (fewer bytes: for slow links).")
 @json_option
 def push(remote_name: str, branches: tuple[str, ...], repo_path: str, force: bool, ssh_command: str | None,
-         receive_command: str | None, as_json: bool) -> None:
+         receive_command: str | None, delta: bool, as_json: bool) -> None:
     """Push BRANCHES to REMOTE: only missing objects, in one stream; refs move atomically.
 
     REMOTE is a remote name (see `treeship remote add`), an ssh:// URL, a file:// URL or
@@ -513,7 +515,7 @@ def push(remote_name: str, branches: tuple[str, ...], repo_path: str, force: boo
     try:
         with _push_progress(not as_json) as progress:
             result = do_push(repo_path, remote_name, list(branches), force=force, ssh_command=ssh_command,
-                             receive_command=receive_command, progress=progress)
+                             receive_command=receive_command, progress=progress, delta=delta)
     except PushRejected as e:
         if isinstance(e.result, PushResult):
             _print_push(e.result, as_json)
@@ -534,7 +536,8 @@ def _print_push(result: Any, as_json: bool) -> None:
             click.echo(f"uptodate  {r.ref}  {new}")
         else:
             click.echo(f"rejected  {r.ref}  {new}: {r.reason}")
-    click.echo(f"{result.objects_sent} objects, {_human_bytes(result.bytes_sent)} sent to {result.remote} "
+    deltas = f" and {len(result.deltas)} static delta{'s' if len(result.deltas) != 1 else ''}" if result.deltas else ""
+    click.echo(f"{result.objects_sent} objects{deltas}, {_human_bytes(result.bytes_sent)} sent to {result.remote} "
                f"in {result.seconds:.1f} s")
     for message in result.messages:
         click.echo(f"treeship: warning: {message}", err=True)

@@ -4,7 +4,7 @@ Read from a TOML file (``treeship receive --config FILE``)::
 
     [receive]
     protected = ["*/stable", "releases/*"]   # never rewound, never deleted
-    max_object_size = "2G"                    # one object, as sent (compressed)
+    max_object_size = "2G"                    # one object, as sent and (content) uncompressed
     max_push_size = "20G"                     # all objects of one push
 
     [keys.alice]                              # --key-id alice (from authorized_keys)

@@ -6,13 +6,19 @@ str / list[str] / int / bool / bytes. libostree errors become :mod:`treeship.err
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import shutil
 import stat
+import struct
+import tempfile
 import threading
-from collections.abc import Callable, Iterator
+import time
+import unicodedata
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -139,6 +145,9 @@ def _gpg_signatures(result: OSTree.GpgVerifyResult) -> list[GpgSignature]:
 
 def validate_branch(name: str) -> None:
     """Reject what OSTree would not accept as a ref name, with the reason."""
+    if not name or any(c.isspace() or unicodedata.category(c)[0] == "C" for c in name):
+        # libostree's pattern ends in '$', which also matches before a final newline
+        raise UsageError(f"invalid branch name {name!r}: no spaces or control characters")
     try:
         OSTree.validate_rev(name)
     except GLib.Error:
@@ -743,11 +752,51 @@ class Repo:
         return {(k[0], int(k[1])) for k in (key.unpack() for key in objs)}
 
     def check_closure(self, commit: str) -> str | None:
-        """None when every object the commit needs is present, else what is missing."""
+        """None when every object the commit's tree needs is here, else what is missing.
+
+        Walked here, not by libostree's ``traverse_commit``: that one skips missing dirtrees
+        when the commit is marked partial (as a received commit is until this check passes),
+        and only names the dirmetas and content objects without looking for them. Parents
+        are not part of the closure (OSTree keeps partial history).
+        """
         try:
-            self._repo.traverse_commit(commit, 0, None)
-        except GLib.Error as e:
+            v = self._commit_variant(commit)
+        except RepoError as e:
             return e.message
+        objects = str(self.path / "objects")
+        ext = "filez" if self.mode == "archive" else "file"
+        hexsum = OSTree.checksum_from_bytes_v
+        stack = [(hexsum(v.get_child_value(6)), hexsum(v.get_child_value(7)))]
+        trees: set[str] = set()
+        present: set[str] = set()
+
+        def here(csum: str, suffix: str) -> bool:
+            name = f"{csum}.{suffix}"
+            if name not in present:
+                if not os.path.exists(f"{objects}/{name[:2]}/{name[2:]}"):
+                    return False
+                present.add(name)
+            return True
+
+        while stack:
+            tree, meta = stack.pop()
+            if not here(meta, "dirmeta"):
+                return f"dirmeta {meta} is missing"
+            if tree in trees:
+                continue
+            trees.add(tree)
+            try:
+                _, tv = self._repo.load_variant(OSTree.ObjectType.DIR_TREE, tree)
+            except GLib.Error:
+                return f"dirtree {tree} is missing"
+            files, dirs = tv.get_child_value(0), tv.get_child_value(1)  # (a(say)a(sayay)); not unpack(): slow
+            for i in range(files.n_children()):
+                csum = hexsum(files.get_child_value(i).get_child_value(1))
+                if not here(csum, ext):
+                    return f"content object {csum} is missing"
+            for i in range(dirs.n_children()):
+                d = dirs.get_child_value(i)
+                stack.append((hexsum(d.get_child_value(1)), hexsum(d.get_child_value(2))))
         return None
 
     def read_object_chunks(self, checksum: str, objtype: int, chunk: int = 1 << 20) -> Iterator[bytes]:
@@ -766,28 +815,16 @@ class Repo:
                 return
             yield bytes(data)
 
-    def verify_object(self, src: bytes | Path, checksum: str, objtype: int) -> None:
+    def verify_object(self, src: bytes | Path, checksum: str, objtype: int, max_size: int | None = None) -> None:
         """Check an object received in archive form; raise TransferError if it is not ``checksum``.
 
         Nothing is trusted: metadata is hashed and its GVariant structure validated; content
-        is parsed and checksummed by libostree itself. ``src`` is the object's bytes, or a
-        file holding them (large objects).
+        is parsed and checksummed here (see :func:`_content_checksum`), its expansion bounded
+        by the size its header declares, which must not exceed ``max_size``. ``src`` is the
+        object's bytes, or a file holding them (large objects).
         """
         if objtype == OSTree.ObjectType.FILE:
-            if isinstance(src, Path):
-                inp = Gio.File.new_for_path(str(src)).read(None)
-                size = src.stat().st_size
-            else:
-                inp = Gio.MemoryInputStream.new_from_bytes(GLib.Bytes.new(src))
-                size = len(src)
-            try:
-                _, stream, fi, xattrs = OSTree.content_stream_parse(True, inp, size, False, None)
-                _, raw = OSTree.checksum_file_from_input(fi, xattrs, stream, objtype, None)
-            except GLib.Error as e:
-                raise TransferError(f"object {checksum}.file: malformed: {e.message}") from None
-            finally:
-                inp.close(None)
-            got = OSTree.checksum_from_bytes(raw)
+            got = _content_checksum(src, checksum, max_size)
             if got != checksum:
                 raise TransferError(f"object {checksum}.file: checksum mismatch (content hashes to {got})")
             return
@@ -818,16 +855,20 @@ class Repo:
                 raise StorageError(f"{self.path}: no space left on device") from None
             raise StorageError(f"{self.path}: storing {dest.name}: {e.strerror}") from None
 
-    def install_object(self, src: bytes | Path, checksum: str, objtype: int) -> None:
+    def install_object(self, src: bytes | Path, checksum: str, objtype: int, max_size: int | None = None) -> None:
         """Verify, then make visible: no object is readable before it is checked."""
-        self.verify_object(src, checksum, objtype)
+        self.verify_object(src, checksum, objtype, max_size)
         self.place_object(src, checksum, objtype)
 
     def mark_partial(self, commit: str, partial: bool) -> None:
-        self._repo.mark_commit_partial(commit, partial)
+        try:
+            self._repo.mark_commit_partial(commit, partial)
+        except GLib.Error as e:
+            raise _storage_error(e, f"{self.path}: marking commit {commit} partial") from None
 
-    def merge_detached_signatures(self, commit: str, data: bytes) -> None:
-        """Add the signatures of a received .commitmeta to the commit's own, never dropping any."""
+    @staticmethod
+    def parse_signatures(commit: str, data: bytes) -> dict[str, list[bytes]]:
+        """The signatures (``aay`` entries) of a received .commitmeta; TransferError if malformed."""
         try:
             v = GLib.Variant.new_from_bytes(GLib.VariantType.new("a{sv}"), GLib.Bytes.new(data), False)
             if not v.is_normal_form():
@@ -836,11 +877,13 @@ class Repo:
                         v.get_child_value(i).get_child_value(1).get_variant() for i in range(v.n_children())}
         except GLib.Error as e:
             raise TransferError(f"{commit}.commitmeta: malformed: {e.message}") from None
-        for key, val in incoming.items():
-            if val.get_type_string() != "aay":
-                continue
-            sigs = [bytes(val.get_child_value(j).get_data_as_bytes().get_data() or b"")
-                    for j in range(val.n_children())]
+        return {key: [bytes(val.get_child_value(j).get_data_as_bytes().get_data() or b"")
+                      for j in range(val.n_children())]
+                for key, val in incoming.items() if val.get_type_string() == "aay"}
+
+    def merge_detached_signatures(self, commit: str, data: bytes) -> None:
+        """Add the signatures of a received .commitmeta to the commit's own, never dropping any."""
+        for key, sigs in self.parse_signatures(commit, data).items():
             self.append_detached_signatures(commit, key, sigs)
 
     def is_ancestor(self, ancestor: str, commit: str) -> bool:
@@ -855,17 +898,149 @@ class Repo:
             cur = OSTree.commit_get_parent(self._commit_variant(cur))
         return False
 
-    def set_refs(self, refs: dict[str, str | None]) -> None:
-        """Move several refs in one transaction (None deletes)."""
-        with self.transaction():
-            for name, checksum in refs.items():
-                self._repo.transaction_set_ref(None, name, checksum)
+    def ref_conflict(self, name: str, others: Iterable[str] = ()) -> str | None:
+        """Why branch ``name`` cannot exist next to the refs here (and ``others``): refs are
+        files under refs/heads/, so ``a`` and ``a/b`` exclude each other. None if it can."""
+        heads = self.path / "refs" / "heads"
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if (heads / prefix).is_file() or prefix in others:
+                return f"branch {prefix!r} exists, so no branch can be named {prefix}/…"
+        if (heads / name).is_dir() or any(o.startswith(f"{name}/") for o in others):
+            return f"branches named {name}/… exist, so no branch can be named {name}"
+        return None
+
+    def set_refs(self, refs: dict[str, str | None], workdir: Path | None = None) -> None:
+        """Move refs (None deletes), each atomically: written to a temp file in ``workdir``
+        (default tmp/), flushed, then renamed over refs/heads/NAME.
+
+        libostree's own ref writes (transaction_set_ref) use a temp name inside refs/heads/,
+        which a crash leaves behind as a stray branch (``main/tmp.AbC123``). Here a crash
+        leaves each ref its old or new value, and nothing else under refs/.
+        """
+        heads = self.path / "refs" / "heads"
+        work = workdir or self.path / "tmp"
+        for name, checksum in refs.items():
+            dest = heads / name
+            try:
+                if checksum is None:
+                    dest.unlink(missing_ok=True)
+                    for parent in dest.relative_to(heads).parents[:-1]:  # empty directories go too
+                        with contextlib.suppress(OSError):
+                            (heads / parent).rmdir()
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                _replace_file(dest, f"{checksum}\n".encode(), work)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise StorageError(f"{self.path}: no space left on device (writing ref {name})") from None
+                raise StorageError(f"{self.path}: writing ref {name}: {e.strerror}") from None
 
     def regenerate_summary(self) -> None:
         try:
             self._repo.regenerate_summary(None, None)
         except GLib.Error as e:
             raise _storage_error(e, f"{self.path}: regenerating the summary") from None
+
+    def publish_summary(self, workdir: Path, sign: Callable[[Repo], None] | None = None) -> None:
+        """Regenerate the summary, sign it, and publish both in one rename.
+
+        libostree writes a new summary in place (atomically), then deletes summary.sig: a
+        crash in between leaves the old signatures beside the new summary, and until new
+        ones are written, clients that verify find none. Two files cannot be replaced in one
+        step, and a summary.sig holding old and new signatures is no way out either: a GPG
+        client (libostree 2022.7, through gpgme) gives up when the *first* signature is bad.
+
+        So ``summary`` and ``summary.sig`` are symlinks to ``treeship-summary/current/…``,
+        and ``current`` names one generation directory holding both files. A new generation
+        is made in ``workdir``: the summary regenerated in a shadow of the repository
+        (symlinks to its config, objects, refs and deltas), signed there by
+        ``sign(shadow_repo)``; then it is moved in, and ``current`` is switched in one rename.
+        Whenever this stops, the two names resolve to one generation. A summary written by
+        something else (``ostree summary -u``) is adopted first: its files become a
+        generation of their own, so nothing a client sees changes before the switch.
+        """
+        shadow = workdir / "summary-repo"
+        shadow.mkdir()
+        try:
+            for entry in os.scandir(self.path):
+                if entry.name in ("summary", "summary.sig", "tmp", SUMMARY_DIR) or \
+                        (entry.name.startswith(".") and entry.name != ".lock"):
+                    continue
+                os.symlink(os.path.abspath(entry.path), shadow / entry.name)
+            if (self.path / "summary").exists():
+                os.link(self.path / "summary", shadow / "summary")  # so that the new one's mtime is later
+            shadow_repo = Repo.open(shadow)
+            shadow_repo.regenerate_summary()
+            if sign is not None:
+                sign(shadow_repo)
+            for entry in os.scandir(shadow):  # what libostree wrote beside the summary goes to the repo
+                if entry.name in ("summary", "summary.sig", "tmp") or entry.is_symlink() or \
+                        (entry.is_dir() and (self.path / entry.name).exists()):
+                    continue
+                os.replace(entry.path, self.path / entry.name)  # e.g. config (core.indexed-deltas)
+            gens = self.path / SUMMARY_DIR
+            gens.mkdir(exist_ok=True)
+            previous = self._adopt_summary(workdir)
+            gen = workdir / "generation"
+            gen.mkdir()
+            os.chmod(gen, 0o755)  # noqa: S103 - published: a web server reads it
+            os.rename(shadow / "summary", gen / "summary")
+            if (shadow / "summary.sig").exists():
+                os.rename(shadow / "summary.sig", gen / "summary.sig")
+                _later_mtime(gen / "summary.sig", self.path / "summary.sig")
+            name = _generation_name()
+            os.rename(gen, gens / name)
+            _switch_symlink(gens / "current", name, workdir)
+            for d in gens.iterdir():  # keep the published generation and the one before it
+                if d.name not in ("current", name, previous) and not d.is_symlink():
+                    shutil.rmtree(d, ignore_errors=True)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise StorageError(f"{self.path}: no space left on device (publishing the summary)") from None
+            raise StorageError(f"{self.path}: publishing the summary: {e.strerror}") from None
+
+    def _adopt_summary(self, workdir: Path) -> str | None:
+        """Make ``summary`` and ``summary.sig`` the symlinks publish_summary switches, each
+        still showing what it showed; the name of the generation ``current`` names."""
+        gens = self.path / SUMMARY_DIR
+        current = gens / "current"
+        names = ("summary", "summary.sig")
+        ours = {n: f"{SUMMARY_DIR}/current/{n}" for n in names}
+        if current.is_symlink() and all((self.path / n).is_symlink() and os.readlink(self.path / n) == ours[n]
+                                        for n in names):
+            return os.readlink(current)
+        gen = workdir / "adopted"
+        gen.mkdir()
+        os.chmod(gen, 0o755)  # noqa: S103 - published: a web server reads it
+        for n in names:
+            if (self.path / n).exists():  # a regular file, or one of ours: what a client gets now
+                os.link(self.path / n, gen / n)
+        name = _generation_name()
+        os.rename(gen, gens / name)
+        _switch_symlink(current, name, workdir)  # the links that already pass through it show the same
+        for n in names:
+            if not ((self.path / n).is_symlink() and os.readlink(self.path / n) == ours[n]):
+                _switch_symlink(self.path / n, ours[n], workdir)  # same content, through the link
+        return name
+
+    def summary_refs(self) -> dict[str, str] | None:
+        """The refs the published summary lists (None: no summary, or unreadable)."""
+        try:
+            data = (self.path / "summary").read_bytes()
+        except OSError:
+            return None
+        v = GLib.Variant.new_from_bytes(GLib.VariantType.new("(a(s(taya{sv}))a{sv})"), GLib.Bytes.new(data), False)
+        if not v.is_normal_form():
+            return None
+        entries = v.get_child_value(0)
+        out = {}
+        for i in range(entries.n_children()):
+            entry = entries.get_child_value(i)
+            out[entry.get_child_value(0).get_string()] = OSTree.checksum_from_bytes_v(
+                entry.get_child_value(1).get_child_value(1))
+        return out
 
     def sign_summary_gpg(self, key_ids: list[str], homedir: str | None) -> None:
         try:
@@ -981,6 +1156,148 @@ def _validate_metadata(data: bytes, checksum: str, objtype: int) -> None:
             raise TransferError(f"object {name}: invalid: {e.message}") from None
 
 
+_ARCHIVE_HEADER = GLib.VariantType.new("(tuuuusa(ayay))")
+_MAX_ARCHIVE_HEADER = 16 << 20
+_INFLATE_CHUNK = 1 << 20
+
+
+def _gvariant_offset_size(total: int) -> int:
+    """Bytes per framing offset in a serialized GVariant container of ``total`` bytes (gvariant-serialiser.c)."""
+    return 8 if total > 0xFFFFFFFF else 4 if total > 0xFFFF else 2 if total > 0xFF else 1 if total else 0
+
+
+def _content_checksum(src: bytes | Path, checksum: str, max_size: int | None) -> str:
+    """The content checksum of an object in archive form (``.filez``), its expansion bounded.
+
+    The format (libostree's ostree-core-private.h): a u32 BE header length, 4 bytes of
+    padding, a ``(tuuuusa(ayay))`` header (size, uid, gid, mode, rdev, symlink target,
+    xattrs; numbers big-endian), then the content as raw deflate. The checksum is the sha256
+    of the ``(uuuusa(ayay))`` file header (with the same length prefix) followed by the
+    uncompressed content: the archive header in normal form less its size, re-framed.
+
+    libostree's own check (``checksum_file_from_input``) inflates to the end of the stream,
+    however far that is: a few kilobytes that expand to terabytes would keep the receiver
+    busy for hours. Here the size the header declares must be within ``max_size``, and
+    inflating stops one byte past it. zlib and hashlib release the GIL, so the receiver's
+    verify threads still run in parallel; ``ostree fsck`` in the tests cross-checks.
+    """
+    bad = f"object {checksum}.file: malformed"
+    with open(src, "rb") if isinstance(src, Path) else contextlib.nullcontext(memoryview(src)) as f:
+        read = f.read if isinstance(src, Path) else _reader(f)
+        head = read(8)
+        if len(head) < 8:
+            raise TransferError(f"{bad}: truncated header")
+        hlen = int.from_bytes(head[:4], "big")
+        if not 26 <= hlen <= _MAX_ARCHIVE_HEADER:  # 26: the smallest (tuuuusa(ayay))
+            raise TransferError(f"{bad}: header length {hlen} out of range")
+        hb = bytes(read(hlen))
+        if len(hb) < hlen:
+            raise TransferError(f"{bad}: truncated header")
+        header = GLib.Variant.new_from_bytes(_ARCHIVE_HEADER, GLib.Bytes.new(hb), False)
+        if not header.is_normal_form():
+            raise TransferError(f"{bad}: header not in normal form")
+        size, _uid, _gid, mode, rdev = struct.unpack_from(">QIIII", hb)
+        try:
+            OSTree.validate_structureof_file_mode(mode)
+        except GLib.Error as e:
+            raise TransferError(f"{bad}: {e.message}") from None
+        is_link = stat.S_ISLNK(mode)
+        w = _gvariant_offset_size(hlen)
+        end_target = int.from_bytes(hb[hlen - w:], "little")  # where the symlink target (s) ends
+        if rdev != 0 or (not is_link and end_target != 25):  # a regular file's target is "" (one NUL)
+            raise TransferError(f"{bad}: inconsistent header")
+        if is_link:
+            size = 0  # a symlink's content is its target, in the header; nothing is inflated
+        elif max_size is not None and size > max_size:
+            raise TransferError(f"object {checksum}.file: its content expands to {size} bytes, "
+                                f"over the limit of {max_size} bytes")
+        body = hb[8:hlen - w]
+        w2 = next(n for n in (1, 2, 4, 8) if len(body) + n <= (1 << (8 * n)) - 1)
+        file_header = body + (end_target - 8).to_bytes(w2, "little")
+        h = hashlib.sha256(len(file_header).to_bytes(4, "big") + bytes(4) + file_header)
+        inflater = zlib.decompressobj(-15)
+        produced = 0
+        while chunk := read(_INFLATE_CHUNK):
+            if inflater.eof:
+                raise TransferError(f"{bad}: data after the end of its content")
+            while chunk:
+                try:
+                    out = inflater.decompress(chunk, size - produced + 1)
+                except zlib.error as e:
+                    raise TransferError(f"{bad}: its content does not inflate ({e})") from None
+                produced += len(out)
+                if produced > size:
+                    raise TransferError(f"{bad}: its content is longer than the {size} bytes its header says")
+                h.update(out)
+                chunk = inflater.unconsumed_tail
+                if inflater.eof:
+                    if chunk or inflater.unused_data:
+                        raise TransferError(f"{bad}: data after the end of its content")
+                    break
+        if produced != size or not (inflater.eof or (is_link and produced == 0)):
+            raise TransferError(f"{bad}: its content is not the {size} bytes its header says")
+    return h.hexdigest()
+
+
+def _reader(view: memoryview) -> Callable[[int], memoryview]:
+    pos = 0
+
+    def read(n: int) -> memoryview:
+        nonlocal pos
+        out = view[pos:pos + n]
+        pos += len(out)
+        return out
+
+    return read
+
+
+SUMMARY_DIR = "treeship-summary"
+
+
+def _generation_name() -> str:
+    return f"{time.time_ns():x}-{os.urandom(3).hex()}"
+
+
+def _switch_symlink(link: Path, target: str, workdir: Path) -> None:
+    """Point ``link`` at ``target`` in one rename (a symlink made in ``workdir``, same filesystem)."""
+    tmp = workdir / f".link-{os.urandom(4).hex()}"
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def _later_mtime(path: Path, than: Path) -> None:
+    """Make ``path``'s mtime later than ``than``'s (HTTP caches compare them), even within one second."""
+    try:
+        old = os.stat(than).st_mtime_ns
+    except OSError:
+        return
+    if os.stat(path).st_mtime_ns <= old:
+        os.utime(path, ns=(old + 1_000_000_000, old + 1_000_000_000))
+
+
+def _replace_file(dest: Path, data: bytes, workdir: Path) -> None:
+    """Replace ``dest`` by ``data`` in one rename from ``workdir`` (same filesystem), flushed
+    first; its mtime moves forward even within the same second (HTTP caches compare it)."""
+    fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".new-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        try:
+            old = os.stat(dest).st_mtime_ns
+        except FileNotFoundError:
+            old = None
+        if old is not None and os.stat(tmp).st_mtime_ns <= old:
+            os.utime(tmp, ns=(old + 1_000_000_000, old + 1_000_000_000))
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _write_new_file(dest: Path, data: bytes) -> None:
     """Create ``dest`` holding ``data``, visible only once complete (O_TMPFILE + linkat)."""
     dfd = os.open(dest.parent, os.O_DIRECTORY | os.O_RDONLY)
@@ -1007,3 +1324,142 @@ def _write_new_file(dest: Path, data: bytes) -> None:
             os.close(fd)
     finally:
         os.close(dfd)
+
+
+# -- static deltas as `treeship push --delta` sends and applies them ----------------------------
+#
+# The formats are libostree's (ostree-repo-static-delta-private.h): a superblock
+# (DELTA_SUPERBLOCK_TYPE) naming the parts by number, each part a compression byte ('x': xz,
+# 0: none) then a DELTA_PART_TYPE variant. Everything received is parsed as untrusted data:
+# GLib's GVariant accessors are safe on any bytes; shapes and lengths are checked here.
+
+DELTA_SUPERBLOCK_TYPE = "(a{sv}tayay(a{sv}aya(say)sstayay)aya(uayttay)a(yaytt))"
+DELTA_PART_TYPE = "(a(uuu)aa(ayay)ayay)"
+
+
+@dataclass(frozen=True)
+class DeltaSuperblock:
+    """What a static delta's superblock says (sizes in it are host-endian: not relied on)."""
+
+    from_commit: str
+    to_commit: str
+    commit: bytes  # the ``to`` commit object, as it will land
+    parts: list[tuple[str, list[tuple[str, int]]]]  # per part: its sha256, the objects it writes
+    fallbacks: list[tuple[str, int]]  # objects the delta leaves out: they travel as objects
+
+
+@dataclass
+class DeltaPart:
+    """A decompressed delta part, mapped from its file."""
+
+    n_modes: int
+    n_xattrs: int
+    payload_size: int
+    ops: bytes
+    _payload: GLib.Bytes
+
+    def payload(self, offset: int, length: int) -> bytes:
+        return bytes(GLib.Bytes.new_from_bytes(self._payload, offset, length).get_data() or b"")
+
+
+def _csum_v(v: GLib.Variant, what: str, empty_ok: bool = False) -> str:
+    raw = bytes(v.get_data_as_bytes().get_data() or b"")
+    if empty_ok and not raw:
+        return ""
+    if len(raw) != 32:
+        raise TransferError(f"static delta: {what} is not a checksum")
+    return raw.hex()
+
+
+def _object_list(raw: bytes, what: str) -> list[tuple[str, int]]:
+    if len(raw) % 33:
+        raise TransferError(f"static delta: {what}: malformed object list")
+    out = []
+    for i in range(0, len(raw), 33):
+        if raw[i] not in _OBJ_EXT:
+            raise TransferError(f"static delta: {what}: unknown object type {raw[i]}")
+        out.append((raw[i + 1:i + 33].hex(), raw[i]))
+    return out
+
+
+def parse_delta_superblock(data: bytes) -> DeltaSuperblock:
+    """A superblock's content; TransferError when it is not a well-formed unsigned superblock."""
+    v = GLib.Variant.new_from_bytes(GLib.VariantType.new(DELTA_SUPERBLOCK_TYPE), GLib.Bytes.new(data), False)
+    if not v.is_normal_form():
+        raise TransferError("static delta: the superblock is malformed (not in normal form)")
+    to = _csum_v(v.get_child_value(3), "its target")
+    commit_v = v.get_child_value(4)
+    commit = bytes(commit_v.get_data_as_bytes().get_data() or b"")
+    parts = []
+    headers = v.get_child_value(6)
+    for i in range(headers.n_children()):
+        h = headers.get_child_value(i)
+        parts.append((_csum_v(h.get_child_value(1), f"part {i}"),
+                      _object_list(bytes(h.get_child_value(4).get_data_as_bytes().get_data() or b""), f"part {i}")))
+    fallbacks = []
+    fb = v.get_child_value(7)
+    for i in range(fb.n_children()):
+        f = fb.get_child_value(i)
+        objtype = f.get_child_value(0).get_byte()
+        if objtype not in _OBJ_EXT:
+            raise TransferError(f"static delta: fallback {i}: unknown object type {objtype}")
+        fallbacks.append((_csum_v(f.get_child_value(1), f"fallback {i}"), int(objtype)))
+    return DeltaSuperblock(_csum_v(v.get_child_value(2), "its source", empty_ok=True), to, commit, parts, fallbacks)
+
+
+def delta_superblock_without_fallbacks(data: bytes) -> bytes:
+    """The same superblock with an empty fallback list (libostree's offline apply refuses any).
+
+    The fallback objects travel as objects; nothing in the parts reads them.
+    """
+    v = GLib.Variant.new_from_bytes(GLib.VariantType.new(DELTA_SUPERBLOCK_TYPE), GLib.Bytes.new(data), False)
+    children = [v.get_child_value(i) for i in range(7)]
+    children.append(GLib.Variant.new_array(GLib.VariantType.new("(yaytt)"), []))
+    return bytes(GLib.Variant.new_tuple(*children).get_data_as_bytes().get_data() or b"")
+
+
+def open_delta_part(path: Path) -> DeltaPart:
+    """A decompressed part (the variant, without the compression byte), mapped read-only."""
+    try:
+        mapped = GLib.MappedFile.new(str(path), False)
+    except GLib.Error as e:
+        raise TransferError(f"static delta: cannot read a part: {e.message}") from None
+    v = GLib.Variant.new_from_bytes(GLib.VariantType.new(DELTA_PART_TYPE), mapped.get_bytes(), False)
+    if not v.is_normal_form():
+        raise TransferError("static delta: a part is malformed (not in normal form)")
+    payload = v.get_child_value(2)
+    return DeltaPart(v.get_child_value(0).n_children(), v.get_child_value(1).n_children(), payload.n_children(),
+                     bytes(v.get_child_value(3).get_data_as_bytes().get_data() or b""), payload.get_data_as_bytes())
+
+
+def generate_delta_files(repo: Repo, from_commit: str, to_commit: str, directory: Path) -> Path:
+    """Write a static delta ``from_commit`` → ``to_commit`` as files: ``superblock``, ``0``, ``1``…
+
+    The repository itself is not changed (no deltas/ entry). Returns the superblock's path.
+    """
+    superblock = directory / "superblock"
+    params = {"filename": GLib.Variant("ay", str(superblock).encode() + b"\0"),
+              "inline-parts": GLib.Variant("b", False)}
+    try:
+        repo._repo.static_delta_generate(OSTree.StaticDeltaGenerateOpt.MAJOR, from_commit, to_commit, None,
+                                         GLib.Variant("a{sv}", params), None)
+    except GLib.Error as e:
+        raise RepoError(f"static delta {from_commit[:12]} → {to_commit[:12]}: {e.message}") from None
+    return superblock
+
+
+def apply_delta_offline(target: Repo, source: Repo, superblock: Path, from_commit: str,
+                        read_sources: list[str]) -> None:
+    """Apply a delta into ``target`` (a bare-user repo): its source commit and the objects it reads first.
+
+    Those come from ``source`` (the receiver's archive repo; trusted: it verified them).
+    libostree checks each part's checksum and each object it writes (untrusted mode).
+    """
+    try:
+        with target.transaction():
+            target._repo.import_object_from_with_trust(source._repo, OSTree.ObjectType.COMMIT, from_commit, True, None)
+            for csum in read_sources:
+                target._repo.import_object_from_with_trust(source._repo, OSTree.ObjectType.FILE, csum, True, None)
+            target._repo.static_delta_execute_offline(Gio.File.new_for_path(str(superblock)), False, None)
+    except GLib.Error as e:
+        raise TransferError(f"applying the static delta failed: {e.message}") from None

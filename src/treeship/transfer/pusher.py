@@ -7,14 +7,16 @@ commit ids and signatures that land are byte-for-byte the local ones.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PushRejected, RepoError, TransferError, TreeshipError, UsageError
-from . import wire
+from . import delta, wire
 from .transport import Connection, Target, configured_remote_url, parse_url, receive_argv
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ class PushResult:
     wire_bytes: int = 0
     seconds: float = 0.0
     messages: list[str] = field(default_factory=list)
+    deltas: list[dict[str, Any]] = field(default_factory=list)  # push --delta: the static deltas sent
 
     @property
     def ok(self) -> bool:
@@ -71,7 +74,7 @@ def resolve_remote(repo_path: str, remote: str) -> Target:
 
 
 def push(repo_path: str, remote: str, branches: list[str], *, force: bool = False, ssh_command: str | None = None,
-         receive_command: str | None = None, progress: PushProgress | None = None) -> PushResult:
+         receive_command: str | None = None, progress: PushProgress | None = None, delta: bool = False) -> PushResult:
     """Push ``branches`` of the repo at ``repo_path`` to ``remote``; raise PushRejected if a ref was refused.
 
     The SSH connection starts first, so its handshake overlaps loading libostree and
@@ -92,7 +95,7 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
 
         repo = Repo.open(repo_path)
         heads = {b: repo.require(b) for b in branches}
-        result = _session(repo, conn, str(target), heads, force, progress)
+        result = _session(repo, conn, str(target), heads, force, progress, delta)
     except TreeshipError as e:
         conn.close(kill=True)
         tail = conn.stderr_tail()
@@ -113,9 +116,10 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
 
 
 def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], force: bool,
-             progress: PushProgress | None) -> PushResult:
+             progress: PushProgress | None, use_delta: bool = False) -> PushResult:
     reader, writer = wire.Reader(conn.rfd, timeout=None), wire.Writer(conn.wfd)
-    writer.send_json(wire.HELLO, {"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION})
+    writer.send_json(wire.HELLO, {"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION,
+                                  "capabilities": [delta.CAPABILITY]})
     writer.flush()
     hello = reader.expect(wire.HELLO).json()
     if hello.get("magic") != wire.MAGIC or hello.get("protocol") != wire.PROTOCOL_VERSION:
@@ -132,9 +136,40 @@ def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], f
     if not go:
         result.wire_bytes = writer.bytes_written
         return result
-    wanted = _candidates(repo, [r.new for r in go if r.new], remote_refs)
+    with tempfile.TemporaryDirectory(prefix="treeship-delta-") if use_delta else nullcontext("") as workdir:
+        deltas: list[delta.OutgoingDelta] = []
+        if use_delta:
+            deltas, notes = delta.prepare(repo, reader, writer, [(r.ref, r.old, r.new) for r in go if r.new],
+                                          hello, Path(workdir))
+            result.messages += notes
+        _send(repo, reader, writer, go, remote_refs, deltas, result, progress)
+    status = reader.expect(wire.STATUS).json()
+    final = {r.get("ref"): r for r in status.get("refs", [])}
+    for r in results:
+        if r.ref in final:
+            r.status = final[r.ref].get("status", r.status)
+            r.reason = final[r.ref].get("reason", "")
+    result.messages += [str(w) for w in status.get("warnings", []) if isinstance(w, str)]
+    result.wire_bytes = writer.bytes_written
+    return result
+
+
+def _send(repo: Repo, reader: wire.Reader, writer: wire.Writer, go: list[RefResult], remote_refs: dict[str, str],
+          deltas: list[delta.OutgoingDelta], result: PushResult, progress: PushProgress | None) -> None:
+    """The objects the receiver lacks, then the static deltas (push --delta), then FINISH."""
+    by_delta = {d.to_commit for d in deltas}
+    wanted = _candidates(repo, [r.new for r in go if r.new and r.new not in by_delta], remote_refs)
+    for d in deltas:  # what a delta leaves out travels as objects: large new files, the signatures,
+        wanted.update(d.fallbacks)  # the commits between the two (the receiver checks fast-forward)
+        if repo.detached_metadata(d.to_commit):
+            wanted.add((d.to_commit, int(OBJECT_TYPES["commitmeta"])))
+        parent = repo.commit(d.to_commit).parent
+        while parent and parent != d.from_commit and repo.has_commit(parent):
+            wanted.add((parent, int(OBJECT_TYPES["commit"])))
+            parent = repo.commit(parent).parent
     missing = _query(reader, writer, sorted(wanted, key=lambda o: (_ORDER[_TYPE_NAMES[o[1]]], o[0])))
-    total_bytes = sum(_size(repo, c, t) for c, t in missing)
+    total_bytes = sum(_size(repo, c, t) for c, t in missing) + sum(d.size for d in deltas)
+    total_objects = len(missing) + len(deltas)
     done_objects = done_bytes = 0
     for csum, objtype in missing:
         writer.send(wire.OBJECT, bytes([objtype]) + bytes.fromhex(csum))
@@ -144,19 +179,22 @@ def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], f
         writer.send(wire.END)
         done_objects += 1
         if progress:
-            progress(done_objects, done_bytes, len(missing), total_bytes)
+            progress(done_objects, done_bytes, total_objects, total_bytes)
+    result.objects_sent = done_objects
+    done = [done_objects, done_bytes]
+
+    def sent(n: int) -> None:
+        done[1] += n
+        if progress:
+            progress(done[0], done[1], total_objects, total_bytes)
+
+    for d in deltas:
+        delta.send(writer, d, sent)
+        done[0] += 1
+        result.deltas.append(d.to_dict())
     writer.send_json(wire.FINISH, {})
     writer.flush()
-    status = reader.expect(wire.STATUS).json()
-    final = {r.get("ref"): r for r in status.get("refs", [])}
-    for r in results:
-        if r.ref in final:
-            r.status = final[r.ref].get("status", r.status)
-            r.reason = final[r.ref].get("reason", "")
-    result.messages = [str(w) for w in status.get("warnings", []) if isinstance(w, str)]
-    result.objects_sent, result.bytes_sent = done_objects, done_bytes
-    result.wire_bytes = writer.bytes_written
-    return result
+    result.bytes_sent = done[1]
 
 
 def _candidates(repo: Repo, commits: list[str], remote_refs: dict[str, str]) -> set[tuple[str, int]]:
@@ -174,7 +212,27 @@ def _candidates(repo: Repo, commits: list[str], remote_refs: dict[str, str]) -> 
         except RepoError:
             continue  # our copy of it is partial: ask the receiver instead
         wanted -= have
+    for c in commits:
+        wanted |= {(p, int(OBJECT_TYPES["commit"])) for p in _between(repo, c, set(remote_refs.values()))}
     return wanted
+
+
+def _between(repo: Repo, commit: str, heads: set[str], limit: int = 10_000) -> list[str]:
+    """The parents of ``commit`` down to (not including) one of the receiver's ``heads``.
+
+    Two releases made between pushes: the receiver has v1, the push is v3, whose parent v2
+    it has never seen. To tell that v3 fast-forwards v1 it needs v2's commit object (only
+    that: v2 stays marked partial there, as in a shallow pull). Nothing when no head is
+    found in the local history: then there is no fast-forward to show.
+    """
+    chain: list[str] = []
+    cur = repo.commit(commit).parent
+    while cur and cur not in heads and len(chain) < limit:
+        if not repo.has_commit(cur):
+            return []
+        chain.append(cur)
+        cur = repo.commit(cur).parent
+    return chain if cur in heads else []
 
 
 def _query(reader: wire.Reader, writer: wire.Writer, objects: list[tuple[str, int]]) -> list[tuple[str, int]]:

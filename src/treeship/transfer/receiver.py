@@ -9,24 +9,27 @@ a retry sends only what is still missing.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
 import shutil
 import tempfile
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import __version__, signing
-from ..errors import TransferError, TreeshipError
+from ..errors import StorageError, TransferError, TreeshipError
 from ..policy import Policy
 from ..repo import OBJECT_TYPES, Repo, validate_branch
-from . import wire
+from . import delta, wire
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")  # not "$": it matches before a final "\n"
 _TYPE_NAMES = {int(v): k for k, v in OBJECT_TYPES.items()}
 MAX_COMMITMETA = 16 << 20
 SPILL_SIZE = 4 << 20  # objects larger than this go to a temp file, not memory
@@ -69,15 +72,22 @@ class Receiver:
         self.policy = policy
         self.key_id = key_id
         self.reader = wire.Reader(rfd, timeout)
-        self.writer = wire.Writer(wfd)
+        self.writer = wire.Writer(wfd, timeout)
         self.create = create
         self.received_bytes = 0
         self.warnings: list[str] = []
         self.closure: dict[str, str | None] = {}  # commit → what is missing (None: complete)
+        self.signatures: dict[str, dict[str, list[bytes]]] = {}  # commit → signatures received for it
+        self.commitmeta: dict[str, bytes] = {}  # commit → its received .commitmeta, merged once refs move
 
     def run(self) -> None:
         try:
-            self._session()
+            try:
+                self._session()
+            except OSError as e:  # what the repo layer did not already word: the pusher is told too
+                if e.errno == errno.ENOSPC:
+                    raise StorageError(f"{self.repo_path}: no space left on device") from None
+                raise StorageError(f"{self.repo_path}: {e.strerror or e}") from None
         except TreeshipError as e:
             try:
                 self.writer.send_json(wire.ERROR, {"message": e.message})
@@ -104,27 +114,41 @@ class Receiver:
         self.repo = repo
         self.writer.send_json(wire.HELLO, {"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION,
                                            "server": f"treeship {__version__}", "mode": repo.mode,
-                                           "refs": repo.refs(), "key_id": self.key_id})
+                                           "refs": repo.refs(), "key_id": self.key_id,
+                                           "capabilities": [delta.CAPABILITY], "idle_timeout": self.reader.timeout})
         self.writer.flush()
         updates = self._read_updates()
+        self.delta_targets = {u.new for u in updates if u.status == "ok" and u.new}
         self.writer.send_json(wire.PREFLIGHT, {"refs": [u.to_dict() for u in updates]})
         self.writer.flush()
         if not any(u.status == "ok" for u in updates):
+            if updates and all(u.status == "uptodate" for u in updates):
+                self._repair_summary()
             return
         with _SessionDir(repo.path / "tmp") as tmp:
             commits, metas = self._receive_objects(tmp)
+            targets = {u.new for u in updates if u.status == "ok" and u.new}
+            for csum, data in metas.items():
+                # Signatures only for the commits this push moves a branch to, checked with the
+                # refs and merged only if they move: nobody adds signatures to others' commits.
+                if csum not in targets:
+                    raise TransferError(f"signatures for commit {csum}, which no branch of this push is moving to")
+                self.signatures[csum] = repo.parse_signatures(csum, data)
+                self.commitmeta[csum] = data
+            commit_type = int(OBJECT_TYPES["commit"])
             for csum, path in commits.items():
-                repo.verify_object(path, csum, int(OBJECT_TYPES["commit"]))
-                repo.mark_partial(csum, True)  # until its closure is known to be here
-                repo.place_object(path, csum, int(OBJECT_TYPES["commit"]))
+                repo.verify_object(path, csum, commit_type)
+            with self._locked():
+                # Under the lock that moving refs takes: a commit another push has found complete
+                # (and may point a ref at) is already here, and is never marked partial again.
+                for csum, path in commits.items():
+                    if not repo.has_commit(csum):
+                        repo.mark_partial(csum, True)  # until its closure is known to be here
+                        repo.place_object(path, csum, commit_type)
             for csum in commits:
                 self.closure[csum] = repo.check_closure(csum)
                 if self.closure[csum] is None:
                     repo.mark_partial(csum, False)
-            for csum, data in metas.items():
-                if not repo.has_commit(csum):
-                    raise TransferError(f"signatures for commit {csum}, which is not here")
-                repo.merge_detached_signatures(csum, data)
         self._move_refs(updates)
         self.writer.send_json(wire.STATUS, {"refs": [u.to_dict() for u in updates],
                                             "received_bytes": self.received_bytes, "warnings": self.warnings})
@@ -132,7 +156,7 @@ class Receiver:
 
     def _read_updates(self) -> list[Update]:
         msg = self.reader.expect(wire.UPDATE).json()
-        force = bool(msg.get("force", False))
+        force = msg.get("force", False) is True
         raw = msg.get("updates")
         if not isinstance(raw, list) or not raw:
             raise TransferError("protocol error: UPDATE lists no refs")
@@ -215,12 +239,20 @@ class Receiver:
                             metas[csum] = data.read_bytes() if isinstance(data, Path) else data
                         else:
                             size = len(data) if isinstance(data, bytes) else 0
-                            pending.append((pool.submit(self.repo.install_object, data, csum, objtype), size))
+                            pending.append((pool.submit(self.repo.install_object, data, csum, objtype,
+                                                        self.policy.max_object_size), size))
                             in_flight += size
                         while pending and (pending[0][0].done() or in_flight > MAX_IN_FLIGHT):
                             fut, size = pending.popleft()
                             fut.result()
                             in_flight -= size
+                    elif frame.type == wire.DELTA:  # push --delta: see delta.py
+                        for fut, _ in pending:
+                            fut.result()
+                        pending.clear()
+                        in_flight = 0
+                        csum, data = delta.receive(self, frame, tmp, pool, self.delta_targets)
+                        commits[csum] = data
                     elif frame.type == wire.QUERY:
                         self._answer_query(frame)
                     elif frame.type == wire.FINISH:
@@ -275,6 +307,8 @@ class Receiver:
                     break
                 if chunk.type != wire.DATA:
                     raise TransferError(f"protocol error: {chunk.type!r} inside object {csum}")
+                if not chunk.payload:  # a pusher never sends one; a flood of them would cost for nothing
+                    raise TransferError(f"protocol error: empty DATA frame inside object {csum}")
                 size += len(chunk.payload)
                 self.received_bytes += len(chunk.payload)
                 if size > limit:
@@ -297,6 +331,13 @@ class Receiver:
             return csum, objtype, Path(spill.name)
         return csum, objtype, b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The receiver lock: placing commits, and checking then moving refs, one push at a time."""
+        with open(self.repo.path / LOCK_NAME, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
     def _move_refs(self, updates: list[Update]) -> None:
         repo = self.repo
         live = [u for u in updates if u.status == "ok"]
@@ -311,63 +352,108 @@ class Receiver:
                 u.reject(f"incomplete commit {u.new[:12]}: {missing}")
                 continue
             binding = repo.commit(u.new).metadata.get("ostree.ref-binding")
+            if binding is not None and not (isinstance(binding, list) and all(isinstance(b, str) for b in binding)):
+                u.reject(f"commit {u.new[:12]}: malformed ostree.ref-binding (not a list of branch names)")
+                continue
             if binding is not None and u.ref not in binding:
                 u.reject(f"commit {u.new[:12]} is bound to {', '.join(binding) or 'no branch'}, not this one")
                 continue
             self._check_signatures(u)
-        with open(repo.path / LOCK_NAME, "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self._locked():
             for u in live:
                 if u.status != "ok" or u.new is None:
                     continue
                 current = repo.resolve(u.ref)
                 if current and current != u.new and not repo.is_ancestor(current, u.new):
                     self._check_rewind(u, self.force)
+                    continue
+                conflict = repo.ref_conflict(u.ref, [o.ref for o in live if o is not u and o.new])
+                if conflict:
+                    u.reject(conflict)
             if any(u.status == "rejected" for u in updates):
                 for u in live:
                     if u.status == "ok":
                         u.reject("not moved: another ref of this push was rejected")
                 return
             previous = {u.ref: repo.resolve(u.ref) for u in live}
-            repo.set_refs({u.ref: u.new for u in live})
-            if live:
+            with _SessionDir(repo.path / "tmp") as work:
+                for u in live:
+                    if u.new:
+                        repo.mark_partial(u.new, False)  # its closure is complete: checked above
+                        if u.new in self.commitmeta:
+                            repo.merge_detached_signatures(u.new, self.commitmeta[u.new])
+                repo.set_refs({u.ref: u.new for u in live}, work)
+                if live:
+                    try:
+                        self._publish(live, previous, work)
+                    except TreeshipError as e:
+                        # The refs have moved: say so, and that the published metadata is stale.
+                        self.warnings.append(f"refs updated, but publishing failed: {e.message}")
+
+    def _repair_summary(self) -> None:
+        """A push where every ref was already there: if a receiver died between moving refs and
+        publishing, the summary still lists the old ones; publish it now."""
+        repo = self.repo
+        with self._locked():
+            _SessionDir(repo.path / "tmp").sweep()  # what a receiver killed earlier left
+            listed = repo.summary_refs()
+            if listed == {k: v for k, v in repo.refs().items() if ":" not in k}:
+                return
+            with _SessionDir(repo.path / "tmp") as work:
                 try:
-                    self._publish(live, previous)
+                    self._publish([], {}, work)
                 except TreeshipError as e:
-                    # The refs have moved: say so, and that the published metadata is stale.
-                    self.warnings.append(f"refs updated, but publishing failed: {e.message}")
+                    self.warnings.append(f"republishing the summary failed: {e.message}")
 
     def _check_signatures(self, u: Update) -> None:
+        """The policy's rules, over the commit's signatures and those this push brings (not yet written)."""
         assert u.new is not None
-        for rule in self.policy.signature_rules(u.ref):
+        rules = self.policy.signature_rules(u.ref)
+        if not rules:
+            return
+        incoming = self.signatures.get(u.new, {})
+        existing = self.repo.detached_metadata(u.new)
+        new_gpg = [s for s in incoming.get(signing.GPG_KEY, []) if s not in existing.get(signing.GPG_KEY, [])]
+        new_ed = [s for s in incoming.get(signing.ED25519_KEY, []) if s not in existing.get(signing.ED25519_KEY, [])]
+        data = self.repo.commit_bytes(u.new) if new_gpg or new_ed else b""
+        for rule in rules:
             keys = [k for spec in rule.ed25519_keys for k in signing.load_ed25519_public(spec)]
             try:
-                result = signing.verify(self.repo, u.new, gpg_homedir=rule.gpg_homedir,
-                                        gpg_keyring=rule.gpg_keyring, ed25519_keys=keys)
+                checks = signing.verify(self.repo, u.new, gpg_homedir=rule.gpg_homedir,
+                                        gpg_keyring=rule.gpg_keyring, ed25519_keys=keys).signatures
+                checks += [signing.ed25519_check_data(data, sig, keys) for sig in new_ed]
+                checks += [signing.gpg_check_data(self.repo, data, sig, rule.gpg_homedir, rule.gpg_keyring)
+                           for sig in new_gpg]
             except TreeshipError as e:
                 u.reject(f"signature check failed: {e.message}")
                 return
+            result = signing.Verification(u.new, checks)
             if result.bad:
-                u.reject(f"bad signature on {u.new[:12]}")
+                why = "; ".join(dict.fromkeys(c.detail for c in result.bad if c.detail))
+                u.reject(f"bad signature on {u.new[:12]}" + (f" ({why})" if why else ""))
                 return
             if not result.good:
                 u.reject(f"commit {u.new[:12]} is not signed by a key the policy trusts")
                 return
 
-    def _publish(self, moved: list[Update], previous: dict[str, str | None]) -> None:
-        """Deltas, then the summary (and its signatures): what clients fetch first."""
+    def _publish(self, moved: list[Update], previous: dict[str, str | None], work: Path) -> None:
+        """Deltas, then the summary and its signatures, published together (see Repo.publish_summary)."""
         repo = self.repo
         if self.policy.deltas:
             for u in moved:
                 if u.new and previous.get(u.ref) and previous[u.ref] != u.new:
                     repo.generate_delta(previous[u.ref], u.new)
-        repo.regenerate_summary()
         s = self.policy.summary
-        if s.gpg_sign:
-            repo.sign_summary_gpg(s.gpg_sign, s.gpg_homedir)
-        if s.ed25519_secret:
-            key = signing.load_ed25519_secret(s.ed25519_secret)
-            repo.add_summary_signatures(signing.ED25519_KEY, [key.signing_key.sign(repo.summary_bytes()).signature])
+
+        def sign(shadow: Repo) -> None:
+            if s.gpg_sign:
+                shadow.sign_summary_gpg(s.gpg_sign, s.gpg_homedir)
+            if s.ed25519_secret:
+                key = signing.load_ed25519_secret(s.ed25519_secret)
+                shadow.add_summary_signatures(signing.ED25519_KEY,
+                                              [key.signing_key.sign(shadow.summary_bytes()).signature])
+
+        repo.publish_summary(work, sign if s.gpg_sign or s.ed25519_secret else None)
 
 
 class _SessionDir:
@@ -378,7 +464,7 @@ class _SessionDir:
 
     def __enter__(self) -> Path:
         self.root.mkdir(exist_ok=True)
-        self._sweep()
+        self.sweep()
         # Made and locked under a name the sweep skips, then renamed: a concurrent session's
         # sweep must never see (and remove) this directory before its lock is held.
         fresh = Path(tempfile.mkdtemp(prefix=f".{TMP_PREFIX}", dir=self.root))
@@ -392,7 +478,7 @@ class _SessionDir:
         shutil.rmtree(self.path, ignore_errors=True)
         self._lock.close()
 
-    def _sweep(self) -> None:
+    def sweep(self) -> None:
         for d in self.root.glob(f"{TMP_PREFIX}*"):
             try:
                 with open(d / ".lock", "a") as f:

@@ -31,11 +31,12 @@ END = b"E"  # end of the current object
 FINISH = b"F"  # JSON pusher→receiver: all objects sent; move the refs
 STATUS = b"S"  # JSON receiver→pusher: one status per ref
 ERROR = b"X"  # JSON either way: fatal, with a message
+DELTA = b"L"  # JSON pusher→receiver: a static delta's files follow, each as DATA chunks + END (push --delta)
 
 #: OSTree's object type numbers (part of its stable format), as OBJECT frames carry them.
 OBJECT_TYPES = {"file": 1, "dirtree": 2, "dirmeta": 3, "commit": 4, "commitmeta": 6}
 
-CONTROL_TYPES = {HELLO, UPDATE, PREFLIGHT, QUERY, MISSING, FINISH, STATUS, ERROR}
+CONTROL_TYPES = {HELLO, UPDATE, PREFLIGHT, QUERY, MISSING, FINISH, STATUS, ERROR, DELTA}
 ALL_TYPES = CONTROL_TYPES | {OBJECT, DATA, END}
 MAX_CONTROL = 16 << 20  # a QUERY of ~250k object names
 MAX_DATA = 1 << 20
@@ -118,10 +119,16 @@ class Reader:
 
 
 class Writer:
-    """Frame writer over a file descriptor; small frames are batched into one write."""
+    """Frame writer over a file descriptor; small frames are batched into one write.
 
-    def __init__(self, fd: int) -> None:
+    With a ``timeout``, a peer that stops reading is given up on like one that stops
+    writing: each write waits (select) until the descriptor can take at least PIPE_BUF
+    bytes, then writes no more than that, so it never blocks longer than the timeout.
+    """
+
+    def __init__(self, fd: int, timeout: float | None = None) -> None:
         self.fd = fd
+        self.timeout = timeout
         self._pending: list[bytes] = []
         self._pending_size = 0
         self.bytes_written = 0
@@ -144,7 +151,13 @@ class Writer:
         self._pending_size = 0
         try:
             while data:
-                n = os.write(self.fd, data)
+                if self.timeout is not None:
+                    _, ready, _ = select.select([], [self.fd], [], self.timeout)
+                    if not ready:
+                        raise TransferError(f"the peer read nothing for {self.timeout:.0f} s; giving up")
+                    n = os.write(self.fd, data[:select.PIPE_BUF])
+                else:
+                    n = os.write(self.fd, data)
                 data = data[n:]
                 self.bytes_written += n
         except BrokenPipeError:
