@@ -3,6 +3,9 @@
 A plain module, not a conftest: fixtures (``sshd``, ``server``) are re-exported by
 tests/conftest.py; the rest are helpers. Every check here goes through the ``ostree`` CLI
 (the independent checker) or plain files, never through treeship's own code.
+
+Tests in the packages tests/reliability/ and tests/security/ import ``ostree`` and
+``treeship_command`` from here: there, ``import conftest`` would be their own conftest.
 """
 
 from __future__ import annotations
