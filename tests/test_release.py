@@ -427,3 +427,15 @@ def test_json_of_every_command_is_one_object(treeship, sample_tree, repo, ed2551
         assert isinstance(json.loads(res.stdout), dict), res.stdout
         assert res.stderr == ""
 
+
+
+def test_source_given_as_a_symlink_to_a_directory(treeship, sample_tree, tmp_path, repo):
+    """A build directory reached through a symlink (result -> build-123) releases its contents."""
+    link = tmp_path / "result"
+    link.symlink_to(sample_tree)
+    via_link = treeship("release", link, "--repo", repo, "--branch", "a/link", "--json").json()["commit"]
+    direct = treeship("release", sample_tree, "--repo", repo, "--branch", "a/direct", "--json").json()["commit"]
+    root = ostree("ls", "--repo", repo, "-d", "-C", via_link, "/").stdout.split()
+    assert root == ostree("ls", "--repo", repo, "-d", "-C", direct, "/").stdout.split()
+    for flag in ("--keep-ownership",):
+        treeship("release", link, "--repo", repo, "--branch", "a/link-keep", flag)

@@ -58,7 +58,8 @@ def prepared(source: str | os.PathLike[str], *, keep_ownership: bool = False,
     if stat.S_ISDIR(st.st_mode):
         if not os.access(path, os.R_OK | os.X_OK):
             raise SourceError(f"{path}: permission denied")
-        yield path
+        # A symlink to a build directory (result -> build-123) releases the directory itself.
+        yield Path(os.path.realpath(path)) if path.is_symlink() else path
         return
     if not stat.S_ISREG(st.st_mode):
         raise SourceError(f"{path}: not a directory or a tar archive")

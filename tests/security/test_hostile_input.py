@@ -637,3 +637,21 @@ def test_signatures_for_a_commit_the_push_does_not_move_to(hostile, rel, server_
                          object_frames(T["commitmeta"], rel.v1, forged), finish()), repo=server_with_v1)
     assert out.rc == 11 and "no branch of this push is moving to" in out.error, out.error
     assert object_path(server_with_v1, f"{rel.v1}.commitmeta").read_bytes() == before
+
+
+def test_signatures_for_others_are_refused_as_they_arrive(hostile, rel, server_with_v1):
+    """No pile of forged .commitmeta held in memory until FINISH: the first is refused at once
+    (the stream below never sends FINISH, so only an early refusal can name the reason)."""
+    forged = object_path(rel.local_untrusted, f"{rel.untrusted}.commitmeta").read_bytes()
+    out = hostile(stream(update(("scratch/x", None, rel.unsigned)),
+                         *(object_frames(T["commitmeta"], f"{i:064x}", forged) for i in range(1, 4))),
+                  repo=server_with_v1)
+    assert out.rc == 11 and "no branch of this push is moving to" in out.error, out.error
+
+
+def test_signatures_sent_twice_are_refused(hostile, rel):
+    meta = object_path(rel.local, f"{rel.v1}.commitmeta").read_bytes()
+    out = hostile(stream(update((MAIN, None, rel.v1)), objects_of(rel.local, rel.v1, meta=False),
+                         object_frames(T["commitmeta"], rel.v1, meta), object_frames(T["commitmeta"], rel.v1, meta),
+                         finish()), "--config", str(rel.policy))
+    assert out.rc == 11 and "sent twice" in out.error, out.error

@@ -1,10 +1,10 @@
 """The receiving end of a push (``treeship receive``), typically an SSH forced command.
 
-Invariants (each has a test): an object becomes visible only after libostree has
-checksummed it here; a commit stays marked partial until its whole closure is present; a
-ref moves only after closure, policy, signatures and fast-forward are all checked, under a
-lock, and all refs of one push move together or not at all. Whatever arrived is kept, so
-a retry sends only what is still missing.
+Invariants (each has a test): an object becomes visible only after it is checksummed
+here; a commit stays marked partial until its whole closure is present; a ref moves only
+after closure, policy, signatures and fast-forward are all checked, under a lock; if any
+ref of a push is refused, none moves (a crash while writing them leaves each at its old
+or new value). Whatever arrived is kept, so a retry sends only what is still missing.
 """
 
 from __future__ import annotations
@@ -224,6 +224,7 @@ class Receiver:
         metas: dict[str, bytes] = {}
         pending: deque[tuple[Future[None], int]] = deque()
         in_flight = 0  # bytes held in memory by queued jobs: bounded, whatever the push size
+        commit_bytes = 0
         counter = 0
         with ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="treeship-verify") as pool:
             try:
@@ -234,8 +235,20 @@ class Receiver:
                         csum, objtype, data = self._read_object(frame, tmp, counter)
                         name = _TYPE_NAMES[objtype]
                         if name == "commit":
+                            if isinstance(data, bytes):
+                                commit_bytes += len(data)
+                                if commit_bytes > MAX_IN_FLIGHT:  # many commits: keep them on disk
+                                    path = tmp / f"{counter}.commit"
+                                    path.write_bytes(data)
+                                    data = path
                             commits[csum] = data
                         elif name == "commitmeta":
+                            # Refused at once, not after FINISH: nobody may pile up signatures.
+                            if csum not in self.delta_targets:
+                                raise TransferError(f"signatures for commit {csum}, "
+                                                    "which no branch of this push is moving to")
+                            if csum in metas:
+                                raise TransferError(f"signatures for commit {csum} sent twice")
                             metas[csum] = data.read_bytes() if isinstance(data, Path) else data
                         else:
                             size = len(data) if isinstance(data, bytes) else 0
