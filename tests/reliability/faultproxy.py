@@ -131,9 +131,10 @@ class Proxy:
             self.where = where
             if self.spec["mode"] == "ssh":
                 self.receiver_pids = find_receivers(self.spec["receiver_match"])
+            # saved before anything else: once the relays stop, the pusher sees the connection
+            # go and may kill this proxy at once
+            self.save(fired=True)
             self.fired.set()  # relay nothing more: each relay thread closes its two ends
-            # saved before acting: once the connection goes, the pusher may kill this proxy
-            self.save()
             action = self.action
             if action == "kill-pusher":
                 os.kill(os.getppid(), signal.SIGKILL)
@@ -147,8 +148,8 @@ class Proxy:
                 self.child.kill()
             return False
 
-    def save(self, rc: int | None = None) -> None:
-        report = {"fired": self.fired.is_set(), "where": self.where, "up": self.count["up"],
+    def save(self, rc: int | None = None, fired: bool | None = None) -> None:
+        report = {"fired": self.fired.is_set() if fired is None else fired, "where": self.where, "up": self.count["up"],
                   "down": self.count["down"], "receiver_rc": rc, "action": self.action}
         tmp = self.spec["report"] + ".tmp"
         with open(tmp, "w") as f:
