@@ -350,20 +350,12 @@ def _receive_file(rx: Receiver, path: Path, size: int, limit: int) -> str:
     digest = hashlib.sha256()
     got = 0
     with open(path, "wb") as out:
-        while True:
-            frame = rx.reader.read()
-            if frame.type == wire.END:
-                break
-            if frame.type != wire.DATA:
-                raise TransferError(f"protocol error: {frame.type!r} inside a delta file")
-            got += len(frame.payload)
-            rx.received_bytes += len(frame.payload)
+        for payload in rx.data_chunks("a delta file"):
+            got += len(payload)
             if got > size:
                 raise TransferError("protocol error: a delta file is longer than announced")
-            if rx.received_bytes > rx.policy.max_push_size:
-                raise TransferError(f"push exceeds the limit of {rx.policy.max_push_size} bytes")
-            digest.update(frame.payload)
-            out.write(frame.payload)
+            digest.update(payload)
+            out.write(payload)
     if got != size:
         raise TransferError("protocol error: a delta file is shorter than announced")
     return digest.hexdigest()
@@ -468,9 +460,7 @@ def _import(rx: Receiver, target: Repo, d: Path, produced: dict[str, int], pool:
             if not repo.has_object(csum, objtype)]
     try:
         for job in jobs:
-            rx.received_bytes += job.result()  # what this push adds counts against its limit, as objects would
-            if rx.received_bytes > rx.policy.max_push_size:
-                raise TransferError(f"push exceeds the limit of {rx.policy.max_push_size} bytes")
+            rx.count_received(job.result())  # what this push adds counts against its limit, as objects would
     finally:
         for job in jobs:
             job.cancel()

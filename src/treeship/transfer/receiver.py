@@ -301,6 +301,25 @@ class Receiver:
         self.writer.send_json(wire.MISSING, {"objects": missing})
         self.writer.flush()
 
+    def count_received(self, n: int) -> None:
+        """Count ``n`` more bytes against the policy's limit on one push."""
+        self.received_bytes += n
+        if self.received_bytes > self.policy.max_push_size:
+            raise TransferError(f"push exceeds the limit of {self.policy.max_push_size} bytes")
+
+    def data_chunks(self, what: str) -> Iterator[bytes]:
+        """The DATA payloads up to END (an object, a delta file), each counted against the push limit."""
+        while True:
+            frame = self.reader.read()
+            if frame.type == wire.END:
+                return
+            if frame.type != wire.DATA:
+                raise TransferError(f"protocol error: {frame.type!r} inside {what}")
+            if not frame.payload:  # a pusher never sends one; a flood of them would cost for nothing
+                raise TransferError(f"protocol error: empty DATA frame inside {what}")
+            self.count_received(len(frame.payload))
+            yield frame.payload
+
     def _read_object(self, frame: wire.Frame, tmp: Path, n: int) -> tuple[str, int, bytes | Path]:
         """One object's bytes: in memory, or spilled to a file past SPILL_SIZE."""
         if len(frame.payload) != 33:
@@ -314,24 +333,14 @@ class Receiver:
         size = 0
         spill = None
         try:
-            while True:
-                chunk = self.reader.read()
-                if chunk.type == wire.END:
-                    break
-                if chunk.type != wire.DATA:
-                    raise TransferError(f"protocol error: {chunk.type!r} inside object {csum}")
-                if not chunk.payload:  # a pusher never sends one; a flood of them would cost for nothing
-                    raise TransferError(f"protocol error: empty DATA frame inside object {csum}")
-                size += len(chunk.payload)
-                self.received_bytes += len(chunk.payload)
+            for payload in self.data_chunks(f"object {csum}"):
+                size += len(payload)
                 if size > limit:
                     raise TransferError(f"object {csum}.{_TYPE_NAMES[objtype]} exceeds the limit of {limit} bytes")
-                if self.received_bytes > self.policy.max_push_size:
-                    raise TransferError(f"push exceeds the limit of {self.policy.max_push_size} bytes")
                 if spill is not None:
-                    spill.write(chunk.payload)
+                    spill.write(payload)
                     continue
-                chunks.append(chunk.payload)
+                chunks.append(payload)
                 if size > SPILL_SIZE:
                     path = tmp / f"{n}.{_TYPE_NAMES[objtype]}"
                     spill = open(path, "wb")  # noqa: SIM115 - closed below
