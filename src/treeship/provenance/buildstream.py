@@ -16,6 +16,7 @@ and a directory, both handed to :mod:`treeship.release`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -268,6 +269,19 @@ def prepared(req: BstRequest, *, workdir: str | None = None) -> Iterator[tuple[P
         dest = Path(tmp) / "checkout"
         checkout(req, tool, dest)
         yield dest, collected
+
+
+def run_script(tool: BstTool, req: BstRequest, script: str, command: str, *, what: str, label: str) -> Any:
+    """Run one of our helper scripts under bst's own Python (its command ``command`` on the
+    element) and return the JSON it wrote; ``label`` names the script in errors."""
+    with tempfile.TemporaryDirectory(prefix="treeship-bst-") as tmp:
+        out = Path(tmp) / "result.json"
+        run_bst(tool, req, [command, "--output", str(out), req.element], what=what,
+                interpreter_script=script_path(script))
+        try:
+            return json.loads(out.read_text("utf-8"))
+        except (OSError, ValueError) as e:
+            raise ProvenanceError(f"{req.element}: {label} wrote no readable result: {e}") from None
 
 
 def script_path(name: str) -> str:

@@ -11,28 +11,18 @@ writes JSON that this module checks. This is the only place that depends on Buil
 
 from __future__ import annotations
 
-import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from ..errors import ProvenanceError
-from .buildstream import BstRequest, BstTool, Loaded, run_bst, script_path
+from .buildstream import BstRequest, BstTool, Loaded, run_script
 
 SCRIPT = "_bst1_script.py"
 
 
 def load(req: BstRequest, tool: BstTool) -> Loaded:
-    with tempfile.TemporaryDirectory(prefix="treeship-bst1-") as tmp:
-        out = Path(tmp) / "provenance.json"
-        run_bst(tool, req, ["treeship-provenance", "--output", str(out), req.element],
-                what=f"{req.element}: reading the project through BuildStream {tool.version}",
-                interpreter_script=script_path(SCRIPT))
-        try:
-            data = json.loads(out.read_text("utf-8"))
-        except (OSError, ValueError) as e:
-            raise ProvenanceError(f"{req.element}: BuildStream {tool.version} loader wrote no readable "
-                                  f"result: {e}") from None
+    data = run_script(tool, req, SCRIPT, "treeship-provenance",
+                      what=f"{req.element}: reading the project through BuildStream {tool.version}",
+                      label=f"BuildStream {tool.version} loader")
     return _checked(data, req.element)
 
 

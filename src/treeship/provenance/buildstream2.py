@@ -13,16 +13,13 @@ them silently), and the project options' resolved values.
 
 from __future__ import annotations
 
-import json
 import re
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..errors import ProvenanceError
-from .buildstream import HEX_KEY, BstRequest, BstTool, Loaded, run_bst, script_path
+from .buildstream import HEX_KEY, BstRequest, BstTool, Loaded, run_bst, run_script
 
 SCRIPT = "_bst2_script.py"
 _FIELDS = (("name", "%{name}"), ("key", "%{full-key}"), ("kind", "%{kind}"), ("state", "%{state}"),
@@ -59,15 +56,9 @@ def load(req: BstRequest, tool: BstTool) -> Loaded:
 
 
 def _resolve(req: BstRequest, tool: BstTool) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="treeship-bst2-") as tmp:
-        out = Path(tmp) / "resolved.json"
-        run_bst(tool, req, ["treeship-resolve", "--output", str(out), req.element],
-                what=f"{req.element}: resolving source URLs through BuildStream {tool.version}",
-                interpreter_script=script_path(SCRIPT))
-        try:
-            data = json.loads(out.read_text("utf-8"))
-        except (OSError, ValueError) as e:
-            raise ProvenanceError(f"{req.element}: the BuildStream 2 resolver wrote no readable result: {e}") from None
+    data = run_script(tool, req, SCRIPT, "treeship-resolve",
+                      what=f"{req.element}: resolving source URLs through BuildStream {tool.version}",
+                      label="the BuildStream 2 resolver")
     if not isinstance(data, dict) or not isinstance(data.get("elements"), dict):
         raise ProvenanceError(f"{req.element}: unexpected output from the BuildStream 2 resolver")
     return data
