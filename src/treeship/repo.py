@@ -614,7 +614,7 @@ class Repo:
 
         with ThreadPoolExecutor(nworkers, thread_name_prefix="treeship-write") as pool:
             try:
-                self._walk(source, mtree, pool, store, walk)
+                self._walk(source, _lstat(source).st_mode, mtree, pool, store, walk)
                 for parent, name, fut in walk.futures:
                     parent.replace_file(name, fut.result())
             except BaseException:
@@ -624,10 +624,10 @@ class Repo:
         stats = TreeStats(files=walk.files, bytes=walk.bytes, dirs=walk.dirs, symlinks=walk.symlinks)
         return mtree, stats
 
-    def _walk(self, directory: Path, mtree: OSTree.MutableTree, pool: ThreadPoolExecutor,
+    def _walk(self, directory: Path, mode: int, mtree: OSTree.MutableTree, pool: ThreadPoolExecutor,
               store: Callable[[str, Gio.FileInfo, int], str], walk: _Walk) -> None:
-        st = _lstat(directory)
-        mtree.set_metadata_checksum(self._dirmeta(0, 0, canonical_mode(st.st_mode)))
+        """``mode``: the directory's own, from the lstat its parent already made."""
+        mtree.set_metadata_checksum(self._dirmeta(0, 0, canonical_mode(mode)))
         walk.dirs += 1
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
@@ -638,7 +638,7 @@ class Repo:
             mode = est.st_mode
             if stat.S_ISDIR(mode):
                 _, sub = mtree.ensure_dir(entry.name)
-                self._walk(Path(entry.path), sub, pool, store, walk)
+                self._walk(Path(entry.path), mode, sub, pool, store, walk)
             elif stat.S_ISREG(mode):
                 fi = _file_info(canonical_mode(mode), 0, 0, est.st_size)
                 walk.files += 1
