@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import select
 import shlex
 import subprocess
 import sys
@@ -122,11 +123,26 @@ class Connection:
             if line:
                 self._stderr.append(line)
 
+    def _wait(self, timeout: float) -> int:
+        """Wait for the receiver to exit, woken by the kernel (a pidfd) rather than by polling:
+        Popen.wait(timeout) sleeps in steps of up to 50 ms, a sixth of a no-op push."""
+        if self.proc.returncode is None:
+            try:
+                fd = os.pidfd_open(self.proc.pid)
+            except (OSError, AttributeError):  # already reaped, or not Linux ≥ 5.3
+                return self.proc.wait(timeout)
+            try:
+                if not select.select([fd], [], [], timeout)[0]:
+                    raise subprocess.TimeoutExpired(self.argv, timeout)
+            finally:
+                os.close(fd)
+        return self.proc.wait()
+
     def stderr_tail(self) -> str:
         """The last line the receiver (or ssh) printed on stderr, for error messages."""
         if self.proc.poll() is None:
             try:
-                self.proc.wait(timeout=5)
+                self._wait(timeout=5)
             except subprocess.TimeoutExpired:
                 return ""
         self._drain.join(timeout=5)
@@ -141,7 +157,7 @@ class Connection:
         if kill:
             self.proc.kill()
         try:
-            return self.proc.wait(timeout=60)
+            return self._wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
