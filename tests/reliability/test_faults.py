@@ -80,7 +80,7 @@ class Scenario:
     up_total: int = 0
     down_total: int = 0
     main_calls: list[tuple[str, str]] = field(default_factory=list)  # receiver main thread: (syscall, path)
-    worker_links: int = 0  # object placements (linkat) by the receiver's busiest verify thread
+    worker_links: int = 0  # object placements (linkat) by the receiver's busiest thread
 
     def missing(self, srv: Path) -> tuple[int, int]:
         """(objects, bytes) of the push the server does not have (commits marked partial count)."""
@@ -231,7 +231,8 @@ _CALL = re.compile(r"^(\d+)\s+(linkat|rename|renameat|unlinkat)\((.*)$")
 
 
 def _parse_trace(text: str) -> tuple[list[tuple[str, str]], int]:
-    """The receiver's main-thread rename/unlink calls in order, and the most linkat of one verify thread."""
+    """The receiver's main-thread rename/unlink calls in order, and the most linkat of one thread
+    (objects are placed by the reading thread, large ones by a verify thread)."""
     matches = [m for m in map(_CALL.match, text.splitlines()) if m]
     main = min((int(m.group(1)) for m in matches), default=None)  # the main thread's id is the process id
     calls: list[tuple[str, str]] = []
@@ -241,7 +242,7 @@ def _parse_trace(text: str) -> tuple[list[tuple[str, str]], int]:
         paths = re.findall(r'"([^"]*)"', args)
         if pid == main and name in ("rename", "renameat", "unlinkat"):
             calls.append((name, paths[-1] if paths else ""))
-        elif pid != main and name == "linkat":
+        if name == "linkat":
             links[pid] = links.get(pid, 0) + 1
     return calls, max(links.values(), default=0)
 
@@ -257,7 +258,7 @@ class Point:
     fraction: float | None = None  # an up-stream byte offset, as a fraction of the whole stream
     syscall: str | None = None  # strace: kill the receiver on entering this call…
     call_match: str | None = None  # …the first main-thread one whose path matches (regex), or
-    nth_link: float | None = None  # …the linkat at this fraction of one verify thread's placements
+    nth_link: float | None = None  # …the linkat at this fraction of one thread's placements
     ssh: bool = False  # through the real sshd
 
 
@@ -299,7 +300,7 @@ POINTS = [
     Point("receiver-killed-between-refs", "strace", syscall="rename", call_match=r"/refs/heads/.*x86_64$#2"),
     Point("receiver-killed-regenerating-summary", "strace", syscall="renameat", call_match=r"^summary$"),
     Point("receiver-killed-before-summary-generation-moved-in", "strace", syscall="rename",
-          call_match=r"/treeship-summary/[0-9a-f]+-[0-9a-f]+$"),
+          call_match=r"/treeship-summary/[0-9a-f]+-[0-9a-f]+(\.refs-[0-9a-f]+)?$"),
     Point("receiver-killed-before-summary-switch", "strace", syscall="rename",
           call_match=r"/treeship-summary/current$"),
     # through the real sshd

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import PushRejected, RepoError, TransferError, TreeshipError, UsageError
+from ..errors import PushRejected, TransferError, TreeshipError, UsageError
 from . import delta, wire
 from .transport import Connection, Target, configured_remote_url, parse_url, receive_argv
 
@@ -198,20 +198,22 @@ def _send(repo: Repo, reader: wire.Reader, writer: wire.Writer, go: list[RefResu
 
 
 def _candidates(repo: Repo, commits: list[str], remote_refs: dict[str, str]) -> set[tuple[str, int]]:
-    """Objects of the new commits, less those of remote heads we have too (they are there)."""
+    """Objects of the new commits, less those of remote heads we have too (they are there).
+
+    A remote head's closure is complete (its ref moved only after the check), so a subtree
+    it holds whole is not even walked; the rest is settled by asking the receiver.
+    """
+    have: set[tuple[str, int]] = set()
+    for head in set(remote_refs.values()):
+        if head not in commits and repo.has_commit(head):
+            have |= repo.reachable(head, strict=False)  # a partial copy here lists less: we ask for more
+    have_trees = {c for c, t in have if t == int(OBJECT_TYPES["dirtree"])}
     wanted: set[tuple[str, int]] = set()
     for c in commits:
-        wanted |= repo.reachable(c)
+        wanted |= repo.reachable(c, skip_trees=have_trees)
         if repo.detached_metadata(c):
             wanted.add((c, int(OBJECT_TYPES["commitmeta"])))
-    for head in set(remote_refs.values()):
-        if head in commits or not repo.has_commit(head):
-            continue
-        try:
-            have = repo.reachable(head)
-        except RepoError:
-            continue  # our copy of it is partial: ask the receiver instead
-        wanted -= have
+    wanted -= have
     for c in commits:
         wanted |= {(p, int(OBJECT_TYPES["commit"])) for p in _between(repo, c, set(remote_refs.values()))}
     return wanted

@@ -20,20 +20,27 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import __version__, signing
+from .. import __version__, layout
 from ..errors import StorageError, TransferError, TreeshipError
 from ..policy import Policy
-from ..repo import OBJECT_TYPES, Repo, validate_branch
 from . import delta, wire
+
+if TYPE_CHECKING:
+    from ..repo import Repo
+
+OBJECT_TYPES = wire.OBJECT_TYPES
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")  # not "$": it matches before a final "\n"
 _TYPE_NAMES = {int(v): k for k, v in OBJECT_TYPES.items()}
 MAX_COMMITMETA = 16 << 20
 SPILL_SIZE = 4 << 20  # objects larger than this go to a temp file, not memory
 MAX_IN_FLIGHT = 16 << 20  # bytes of received objects queued for verification in memory
+INLINE_BELOW = 256 << 10  # objects smaller than this are checked by the reading thread itself
+VERIFY_WORKERS = 1  # threads checking the larger ones meanwhile
 LOCK_NAME = ".treeship-receive.lock"
 TMP_PREFIX = "treeship-receive-"
 
@@ -63,8 +70,19 @@ def parse_object_name(name: Any) -> tuple[str, int]:
     return csum, int(OBJECT_TYPES[tname])
 
 
+def _validate_branch(name: str) -> None:
+    if not layout.plainly_valid_branch(name):
+        from ..repo import validate_branch  # loads libostree: only for names out of the ordinary
+
+        validate_branch(name)
+
+
 class Receiver:
-    """One push session over a pair of file descriptors."""
+    """One push session over a pair of file descriptors.
+
+    libostree is loaded only once objects are on their way: the HELLO, the preflight and
+    a no-op push are answered from the repository's files (see :mod:`treeship.layout`).
+    """
 
     def __init__(self, repo_path: str, policy: Policy, key_id: str | None, rfd: int, wfd: int,
                  timeout: float | None = 300.0, create: bool = False) -> None:
@@ -79,6 +97,13 @@ class Receiver:
         self.closure: dict[str, str | None] = {}  # commit → what is missing (None: complete)
         self.signatures: dict[str, dict[str, list[bytes]]] = {}  # commit → signatures received for it
         self.commitmeta: dict[str, bytes] = {}  # commit → its received .commitmeta, merged once refs move
+        self.heads: dict[str, str] | None = None  # the branches as the session began (None: ask libostree)
+
+    @cached_property
+    def repo(self) -> Repo:
+        from ..repo import Repo
+
+        return Repo.open(self.repo_path)
 
     def run(self) -> None:
         try:
@@ -105,16 +130,22 @@ class Receiver:
         if hello.get("protocol") != wire.PROTOCOL_VERSION:
             raise TransferError(f"protocol version {hello.get('protocol')!r} not supported "
                                 f"(this receiver speaks {wire.PROTOCOL_VERSION})")
-        if self.create and not Repo.is_repo(self.repo_path):
-            Repo.create(self.repo_path, "archive")
-        repo = Repo.open(self.repo_path)
-        if repo.mode != "archive":
+        if not layout.is_repo(self.repo_path):
+            from ..repo import Repo
+
+            if self.create:
+                Repo.create(self.repo_path, "archive")
+            else:
+                Repo.open(self.repo_path)  # raises the precise error
+        mode = layout.mode(self.repo_path) or self.repo.mode
+        if mode != "archive":
             raise TransferError(f"{self.repo_path}: a receiving repository must be in archive mode, "
-                                f"not {repo.mode} (it is what clients pull over HTTP)")
-        self.repo = repo
+                                f"not {mode} (it is what clients pull over HTTP)")
+        self.heads = None if layout.remote_refs_present(self.repo_path) else layout.heads(self.repo_path)
+        refs = self.heads if self.heads is not None else self.repo.refs()
         self.writer.send_json(wire.HELLO, {"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION,
-                                           "server": f"treeship {__version__}", "mode": repo.mode,
-                                           "refs": repo.refs(), "key_id": self.key_id,
+                                           "server": f"treeship {__version__}", "mode": mode,
+                                           "refs": refs, "key_id": self.key_id,
                                            "capabilities": [delta.CAPABILITY], "idle_timeout": self.reader.timeout})
         self.writer.flush()
         updates = self._read_updates()
@@ -125,6 +156,7 @@ class Receiver:
             if updates and all(u.status == "uptodate" for u in updates):
                 self._repair_summary()
             return
+        repo = self.repo
         with _SessionDir(repo.path / "tmp") as tmp:
             commits, metas = self._receive_objects(tmp)
             targets = {u.new for u in updates if u.status == "ok" and u.new}
@@ -172,7 +204,7 @@ class Receiver:
             u = Update(ref, old, new)
             updates.append(u)
             try:
-                validate_branch(ref)
+                _validate_branch(ref)
             except TreeshipError as e:
                 u.reject(e.message)
                 continue
@@ -194,7 +226,7 @@ class Receiver:
         if reason:
             u.reject(reason)
             return
-        current = self.repo.resolve(u.ref)
+        current = self.heads.get(u.ref) if self.heads is not None else self.repo.resolve(u.ref)
         if u.new is None:
             if self.policy.is_protected(u.ref):
                 u.reject("protected branch: it can never be deleted")
@@ -226,7 +258,7 @@ class Receiver:
         in_flight = 0  # bytes held in memory by queued jobs: bounded, whatever the push size
         commit_bytes = 0
         counter = 0
-        with ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="treeship-verify") as pool:
+        with ThreadPoolExecutor(VERIFY_WORKERS, thread_name_prefix="treeship-verify") as pool:
             try:
                 while True:
                     frame = self.reader.read()
@@ -250,6 +282,8 @@ class Receiver:
                             if csum in metas:
                                 raise TransferError(f"signatures for commit {csum} sent twice")
                             metas[csum] = data.read_bytes() if isinstance(data, Path) else data
+                        elif isinstance(data, bytes) and len(data) < INLINE_BELOW:
+                            self.repo.install_object(data, csum, objtype, self.policy.max_object_size)
                         else:
                             size = len(data) if isinstance(data, bytes) else 0
                             pending.append((pool.submit(self.repo.install_object, data, csum, objtype,
@@ -356,7 +390,7 @@ class Receiver:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """The receiver lock: placing commits, and checking then moving refs, one push at a time."""
-        with open(self.repo.path / LOCK_NAME, "a+") as lock:
+        with open(Path(self.repo_path, LOCK_NAME), "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
@@ -415,9 +449,12 @@ class Receiver:
     def _repair_summary(self) -> None:
         """A push where every ref was already there: if a receiver died between moving refs and
         publishing, the summary still lists the old ones; publish it now."""
-        repo = self.repo
         with self._locked():
-            _SessionDir(repo.path / "tmp").sweep()  # what a receiver killed earlier left
+            _SessionDir(Path(self.repo_path, "tmp")).sweep()  # what a receiver killed earlier left
+            heads = layout.heads(self.repo_path)
+            if heads is not None and layout.summary_lists(self.repo_path, heads):
+                return  # told without loading libostree
+            repo = self.repo
             listed = repo.summary_refs()
             if listed == {k: v for k, v in repo.refs().items() if ":" not in k}:
                 return
@@ -429,6 +466,8 @@ class Receiver:
 
     def _check_signatures(self, u: Update) -> None:
         """The policy's rules, over the commit's signatures and those this push brings (not yet written)."""
+        from .. import signing
+
         assert u.new is not None
         rules = self.policy.signature_rules(u.ref)
         if not rules:
@@ -460,6 +499,8 @@ class Receiver:
 
     def _publish(self, moved: list[Update], previous: dict[str, str | None], work: Path) -> None:
         """Deltas, then the summary and its signatures, published together (see Repo.publish_summary)."""
+        from .. import signing
+
         repo = self.repo
         if self.policy.deltas:
             for u in moved:
