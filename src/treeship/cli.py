@@ -7,10 +7,8 @@ code (the table is in :mod:`treeship.errors` and docs/cli.md).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
-import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +16,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import EXIT_CODES, ProvenanceError, TreeshipError, UsageError, VerificationError
+from .errors import EXIT_CODES, ProvenanceError, UsageError, VerificationError, report
 
 DEFAULT_REPO = "./releases"
 
@@ -560,13 +558,9 @@ def receive(repo_path: str, config: str | None, key_id: str | None, timeout: flo
         --config /etc/treeship/receive.toml --key-id alice" ssh-ed25519 AAAA...
     (one line in the file; see docs/server.md)
     """
-    from . import policy
-    from .transfer.receiver import Receiver
+    from .transfer.receiver import serve
 
-    pol = policy.load(config)
-    proto_out = os.dup(1)
-    os.dup2(2, 1)  # nothing printed by accident can corrupt the protocol stream
-    Receiver(repo_path, pol, key_id, 0, proto_out, timeout=timeout, create=create).run()
+    serve(repo_path, config, key_id, timeout, create)
 
 
 @cli.command()
@@ -589,11 +583,6 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning known errors into one line and an exit code."""
     try:
         cli.main(args=argv, prog_name="treeship", standalone_mode=False)
-    except TreeshipError as e:
-        # one line, whatever a path or a name holds (newlines, escapes)
-        one_line = "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in e.message)
-        click.echo(f"treeship: error: {one_line}", err=True)
-        sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.Abort:
@@ -602,15 +591,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("treeship: interrupted", err=True)
-        sys.exit(130)
-    except BrokenPipeError:
-        os._exit(0)
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        if os.environ.get("TREESHIP_DEBUG"):
-            raise
-        click.echo(f"treeship: internal error: {type(e).__name__}: {e} (set TREESHIP_DEBUG=1 for a traceback)",
-                   err=True)
-        sys.exit(1)
+        sys.exit(report(e))
+    except KeyboardInterrupt as e:
+        sys.exit(report(e))
     sys.exit(0)

@@ -5,6 +5,10 @@ The table of exit codes lives here and nowhere else (docs/cli.md repeats it).
 
 from __future__ import annotations
 
+import os
+import sys
+import unicodedata
+
 
 class TreeshipError(Exception):
     """A failure the user can act on: printed as one line, never a traceback."""
@@ -94,3 +98,25 @@ EXIT_CODES: dict[int, str] = {
     PushRejected.exit_code: "the receiver rejected a ref update (policy, signature, non-fast-forward)",
     TransferError.exit_code: "the push failed: connection lost, protocol error, remote failure",
 }
+
+
+def report(e: BaseException) -> int:
+    """Print what ended the command as one line on stderr; the exit code it maps to.
+
+    Shared by the click CLI and the fast ``treeship receive`` entry, so both speak alike.
+    """
+    if isinstance(e, TreeshipError):
+        # one line, whatever a path or a name holds (newlines, escapes)
+        line = "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in e.message)
+        print(f"treeship: error: {line}", file=sys.stderr)
+        return e.exit_code
+    if isinstance(e, KeyboardInterrupt):
+        print("treeship: interrupted", file=sys.stderr)
+        return 130
+    if isinstance(e, BrokenPipeError):
+        os._exit(0)
+    if os.environ.get("TREESHIP_DEBUG"):
+        raise e
+    print(f"treeship: internal error: {type(e).__name__}: {e} (set TREESHIP_DEBUG=1 for a traceback)",
+          file=sys.stderr)
+    return 1

@@ -21,6 +21,7 @@ from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +298,11 @@ class Repo:
     @property
     def mode(self) -> str:
         return _MODE_NAMES.get(self._repo.get_mode(), "unknown")
+
+    @cached_property
+    def cached_mode(self) -> str:
+        """The mode, asked once: it does not change while a repository is open."""
+        return self.mode
 
     @property
     def collection_id(self) -> str | None:
@@ -749,7 +755,7 @@ class Repo:
     def object_relpath(self, checksum: str, objtype: int) -> str:
         """Where an object lives under objects/ (archive repos store content as .filez)."""
         ext = _OBJ_EXT[objtype]
-        if objtype == OSTree.ObjectType.FILE and self.mode == "archive":
+        if objtype == OSTree.ObjectType.FILE and self.cached_mode == "archive":
             ext = "filez"
         return f"{checksum[:2]}/{checksum[2:]}.{ext}"
 
@@ -841,8 +847,7 @@ class Repo:
     def read_object_chunks(self, checksum: str, objtype: int, chunk: int = 1 << 20) -> Iterator[bytes]:
         """An object in archive form (content compressed), as the receiver stores it."""
         if objtype != OSTree.ObjectType.FILE or self.mode == "archive":
-            path = self.path / "objects" / self.object_relpath(checksum, objtype)
-            with open(path, "rb") as f:
+            with open(f"{self.path}/objects/{self.object_relpath(checksum, objtype)}", "rb", buffering=0) as f:
                 while block := f.read(chunk):
                     yield block
             return
@@ -881,7 +886,7 @@ class Repo:
         Per object this is on a push's hot path (thousands of files): plain strings, the
         mode and the existing objects/XX directories are looked up once.
         """
-        mode = self.__dict__.get("_mode_name") or self.__dict__.setdefault("_mode_name", self.mode)
+        mode = self.cached_mode
         if mode != "archive":
             raise RepoError(f"{self.path}: receiving needs an archive-mode repository, this one is {mode}")
         directory = checksum[:2]

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from ..repo import DeltaPart, Repo
     from .receiver import Receiver
 
-CAPABILITY = "delta"
+CAPABILITY = wire.DELTA_CAPABILITY
 MAX_SUPERBLOCK = 64 << 20  # 33 bytes per object written: room for ~2M objects
 MAX_PART = 512 << 20  # one part, decompressed (libostree makes parts of ~32 MB)
 MAX_FILES = 100_000

@@ -7,7 +7,7 @@ commit ids and signatures that land are byte-for-byte the local ones.
 
 from __future__ import annotations
 
-import tempfile
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PushRejected, TransferError, TreeshipError, UsageError
-from . import delta, wire
+from . import wire
 from .transport import Connection, Target, configured_remote_url, parse_url, receive_argv
 
 if TYPE_CHECKING:
     from ..repo import Repo
+    from .delta import OutgoingDelta
 
 QUERY_BATCH = 50_000
 OBJECT_TYPES = wire.OBJECT_TYPES
@@ -119,7 +120,7 @@ def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], f
              progress: PushProgress | None, use_delta: bool = False) -> PushResult:
     reader, writer = wire.Reader(conn.rfd, timeout=None), wire.Writer(conn.wfd)
     writer.send_json(wire.HELLO, {"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION,
-                                  "capabilities": [delta.CAPABILITY]})
+                                  "capabilities": [wire.DELTA_CAPABILITY]})
     writer.flush()
     hello = reader.expect(wire.HELLO).json()
     if hello.get("magic") != wire.MAGIC or hello.get("protocol") != wire.PROTOCOL_VERSION:
@@ -136,8 +137,12 @@ def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], f
     if not go:
         result.wire_bytes = writer.bytes_written
         return result
+    if use_delta:
+        import tempfile
+
+        from . import delta
     with tempfile.TemporaryDirectory(prefix="treeship-delta-") if use_delta else nullcontext("") as workdir:
-        deltas: list[delta.OutgoingDelta] = []
+        deltas: list[OutgoingDelta] = []
         if use_delta:
             deltas, notes = delta.prepare(repo, reader, writer, [(r.ref, r.old, r.new) for r in go if r.new],
                                           hello, Path(workdir))
@@ -155,7 +160,7 @@ def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], f
 
 
 def _send(repo: Repo, reader: wire.Reader, writer: wire.Writer, go: list[RefResult], remote_refs: dict[str, str],
-          deltas: list[delta.OutgoingDelta], result: PushResult, progress: PushProgress | None) -> None:
+          deltas: list[OutgoingDelta], result: PushResult, progress: PushProgress | None) -> None:
     """The objects the receiver lacks, then the static deltas (push --delta), then FINISH."""
     by_delta = {d.to_commit for d in deltas}
     wanted = _candidates(repo, [r.new for r in go if r.new and r.new not in by_delta], remote_refs)
@@ -168,7 +173,7 @@ def _send(repo: Repo, reader: wire.Reader, writer: wire.Writer, go: list[RefResu
             wanted.add((parent, int(OBJECT_TYPES["commit"])))
             parent = repo.commit(parent).parent
     missing = _query(reader, writer, sorted(wanted, key=lambda o: (_ORDER[_TYPE_NAMES[o[1]]], o[0])))
-    total_bytes = sum(_size(repo, c, t) for c, t in missing) + sum(d.size for d in deltas)
+    total_bytes = sum(_size(repo, c, t) for c, t in missing) + sum(d.size for d in deltas) if progress else 0
     total_objects = len(missing) + len(deltas)
     done_objects = done_bytes = 0
     for csum, objtype in missing:
@@ -188,6 +193,8 @@ def _send(repo: Repo, reader: wire.Reader, writer: wire.Writer, go: list[RefResu
         if progress:
             progress(done[0], done[1], total_objects, total_bytes)
 
+    if deltas:
+        from . import delta
     for d in deltas:
         delta.send(writer, d, sent)
         done[0] += 1
@@ -251,6 +258,6 @@ def _query(reader: wire.Reader, writer: wire.Writer, objects: list[tuple[str, in
 
 def _size(repo: Repo, checksum: str, objtype: int) -> int:
     try:
-        return (repo.path / "objects" / repo.object_relpath(checksum, objtype)).stat().st_size
+        return os.stat(f"{repo.path}/objects/{repo.object_relpath(checksum, objtype)}").st_size
     except OSError:
         return 0

@@ -14,10 +14,8 @@ import fcntl
 import os
 import re
 import shutil
-import tempfile
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -27,9 +25,11 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__, layout
 from ..errors import StorageError, TransferError, TreeshipError
 from ..policy import Policy
-from . import delta, wire
+from . import wire
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from ..repo import Repo
 
 OBJECT_TYPES = wire.OBJECT_TYPES
@@ -68,6 +68,16 @@ def parse_object_name(name: Any) -> tuple[str, int]:
     if not _HEX64.match(csum) or tname not in OBJECT_TYPES:
         raise TransferError(f"protocol error: bad object name {name[:80]!r}")
     return csum, int(OBJECT_TYPES[tname])
+
+
+def serve(repo_path: str, config: str | None, key_id: str | None, timeout: float, create: bool) -> None:
+    """``treeship receive``: one push session on stdin/stdout."""
+    from ..policy import load
+
+    pol = load(config)
+    proto_out = os.dup(1)
+    os.dup2(2, 1)  # nothing printed by accident can corrupt the protocol stream
+    Receiver(repo_path, pol, key_id, 0, proto_out, timeout=timeout, create=create).run()
 
 
 def _validate_branch(name: str) -> None:
@@ -146,7 +156,8 @@ class Receiver:
         self.writer.send_json(wire.HELLO, {"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION,
                                            "server": f"treeship {__version__}", "mode": mode,
                                            "refs": refs, "key_id": self.key_id,
-                                           "capabilities": [delta.CAPABILITY], "idle_timeout": self.reader.timeout})
+                                           "capabilities": [wire.DELTA_CAPABILITY],
+                                           "idle_timeout": self.reader.timeout})
         self.writer.flush()
         updates = self._read_updates()
         self.delta_targets = {u.new for u in updates if u.status == "ok" and u.new}
@@ -258,6 +269,10 @@ class Receiver:
         in_flight = 0  # bytes held in memory by queued jobs: bounded, whatever the push size
         commit_bytes = 0
         counter = 0
+        from concurrent.futures import ThreadPoolExecutor  # here: a no-op push does not need it
+
+        from . import delta
+
         with ThreadPoolExecutor(VERIFY_WORKERS, thread_name_prefix="treeship-verify") as pool:
             try:
                 while True:
@@ -530,6 +545,8 @@ class _SessionDir:
         self.sweep()
         # Made and locked under a name the sweep skips, then renamed: a concurrent session's
         # sweep must never see (and remove) this directory before its lock is held.
+        import tempfile
+
         fresh = Path(tempfile.mkdtemp(prefix=f".{TMP_PREFIX}", dir=self.root))
         self._lock = open(fresh / ".lock", "w")  # noqa: SIM115 - held for the session
         fcntl.flock(self._lock, fcntl.LOCK_EX)

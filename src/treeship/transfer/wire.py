@@ -19,6 +19,7 @@ from ..errors import TransferError
 
 PROTOCOL_VERSION = 1
 MAGIC = "treeship-push"
+DELTA_CAPABILITY = "delta"  # HELLO: the peer takes static deltas (push --delta; see delta.py)
 
 HELLO = b"H"  # JSON both ways: protocol, versions; the receiver adds its refs and mode
 UPDATE = b"U"  # JSON pusher→receiver: the ref updates wanted, and --force

@@ -1,0 +1,73 @@
+"""The ``treeship`` command's entry point: ``treeship receive`` starts without click.
+
+``treeship receive`` runs once per push, as the SSH forced command, and its start-up is
+paid on every push: importing click and the CLI costs it about 25 ms, an eighth of what a
+no-op push costs above ``ssh host true`` (docs/performance.md). So its few options are read
+here when they are written plainly; anything else (``--help``, a typo, a bad value) goes
+to the click command, which owns the help and the messages. tests/test_cli_entry.py keeps
+the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+#: receive's options taking a value → its parameter; the flags; (both as the click command has them)
+RECEIVE_OPTIONS = {"--repo": "repo_path", "--config": "config", "--key-id": "key_id", "--timeout": "timeout"}
+RECEIVE_FLAGS = {"--create": "create"}
+
+
+def plain_receive_args(argv: list[str]) -> dict[str, Any] | None:
+    """The parameters of ``receive ARGS`` if every argument is plain and valid, else None."""
+    if argv[:1] != ["receive"]:
+        return None
+    out: dict[str, Any] = {"repo_path": os.environ.get("TREESHIP_REPO") or "./releases", "config": None,
+                           "key_id": None, "timeout": 300.0, "create": False}
+    args = argv[1:]
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, value = arg.partition("=")
+        if name in RECEIVE_FLAGS and not eq:
+            out[RECEIVE_FLAGS[name]] = True
+            i += 1
+            continue
+        if name not in RECEIVE_OPTIONS:
+            return None
+        if not eq:
+            if i + 1 >= len(args):
+                return None
+            value = args[i + 1]
+            i += 1
+        i += 1
+        if not value:
+            return None
+        out[RECEIVE_OPTIONS[name]] = value
+    try:
+        out["timeout"] = float(out["timeout"])
+    except ValueError:
+        return None
+    if not out["timeout"] >= 1:  # also refuses nan, as click's FloatRange(min=1) does
+        return None
+    return out
+
+
+def main() -> None:
+    args = plain_receive_args(sys.argv[1:])
+    if args is None:
+        from .cli import main as cli_main
+
+        cli_main()
+        return
+    from .errors import report
+    from .transfer.receiver import serve
+
+    try:
+        serve(**args)
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        sys.exit(report(e))
+    except KeyboardInterrupt as e:
+        sys.exit(report(e))
+    sys.exit(0)

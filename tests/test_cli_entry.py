@@ -1,0 +1,71 @@
+"""The fast `treeship receive` entry (treeship/entry.py) stays in step with the click command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+
+from treeship import cli, entry
+
+
+def test_fast_parser_knows_every_receive_option():
+    command = cli.cli.commands["receive"]
+    options = {o for p in command.params if isinstance(p, click.Option) for o in p.opts}
+    flags = {o for p in command.params if isinstance(p, click.Option) and p.is_flag for o in p.opts}
+    assert options - {"--help"} == set(entry.RECEIVE_OPTIONS) | set(entry.RECEIVE_FLAGS)
+    assert flags == set(entry.RECEIVE_FLAGS)
+    names = {p.name for p in command.params}
+    assert set(entry.RECEIVE_OPTIONS.values()) | set(entry.RECEIVE_FLAGS.values()) == names
+
+
+PLAIN = [
+    ["receive", "--repo", "/srv/r", "--key-id", "alice", "--config=/etc/p.toml"],
+    ["receive", "--repo=/srv/r", "--timeout", "5", "--create"],
+    ["receive"],
+    ["receive", "--key-id", "--repo", "--repo", "x"],  # a value may look like an option, as in click
+]
+
+
+@pytest.mark.parametrize("argv", PLAIN)
+def test_fast_parser_reads_what_click_reads(argv, monkeypatch):
+    monkeypatch.delenv("TREESHIP_REPO", raising=False)
+    params = cli.cli.commands["receive"].make_context("receive", argv[1:]).params
+    assert entry.plain_receive_args(argv) == params
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["receive", "--repo", "/srv/r", "--key-id", "alice", "--config=/etc/p.toml"],
+     {"repo_path": "/srv/r", "key_id": "alice", "config": "/etc/p.toml", "timeout": 300.0, "create": False}),
+    (["receive", "--repo=/srv/r", "--timeout", "5", "--create"],
+     {"repo_path": "/srv/r", "key_id": None, "config": None, "timeout": 5.0, "create": True}),
+])
+def test_plain_arguments_take_the_fast_path(argv, expected):
+    assert entry.plain_receive_args(argv) == expected
+
+
+@pytest.mark.parametrize("argv", [
+    ["push", "x"], ["receive", "--help"], ["receive", "--repo"], ["receive", "--timeout", "0.5"],
+    ["receive", "--timeout", "nan"], ["receive", "--timeout", "soon"], ["receive", "--bogus"],
+    ["receive", "extra-argument"], ["receive", "--create=yes"], ["receive", "--repo", ""],
+])
+def test_anything_else_goes_to_click(argv):
+    assert entry.plain_receive_args(argv) is None
+
+
+def test_click_still_gives_help_and_errors(tmp_path):
+    exe = [sys.executable, "-m", "treeship"]
+    out = subprocess.run([*exe, "receive", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "authorized_keys" in out.stdout
+    bad = subprocess.run([*exe, "receive", "--timeout", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--timeout" in bad.stderr
+
+
+def test_fast_path_reports_errors_as_the_cli_does(tmp_path):
+    missing = tmp_path / "nope"
+    p = subprocess.run([sys.executable, "-m", "treeship", "receive", "--repo", str(missing)],
+                       input=b"", capture_output=True)
+    assert p.returncode == 11  # the pusher hung up before HELLO: a transfer error, one line
+    assert p.stderr.decode().count("\n") == 1 and p.stderr.startswith(b"treeship: error: ")
