@@ -65,6 +65,18 @@ def heads(path: str | os.PathLike[str]) -> dict[str, str] | None:
     return out
 
 
+_SUFFIX = {"file": "filez", "dirtree": "dirtree", "dirmeta": "dirmeta", "commit": "commit",
+           "commitmeta": "commitmeta"}
+
+
+def has_object(path: str | os.PathLike[str], checksum: str, objtype: str) -> bool:
+    """In an archive repository: the object is stored, and a commit is not marked partial
+    (``state/CHECKSUM.commitpartial``, as libostree marks it), as Repo.has_object tells it."""
+    if not os.path.exists(f"{path}/objects/{checksum[:2]}/{checksum[2:]}.{_SUFFIX[objtype]}"):
+        return False
+    return objtype != "commit" or not os.path.exists(f"{path}/state/{checksum}.commitpartial")
+
+
 def remote_refs_present(path: str | os.PathLike[str]) -> bool:
     """Whether refs/remotes holds anything (then libostree lists those refs too)."""
     try:

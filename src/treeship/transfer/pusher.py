@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import trace
 from ..errors import PushRejected, TransferError, TreeshipError, UsageError
 from . import wire
 from .transport import Connection, Target, configured_remote_url, parse_url, receive_argv
@@ -82,6 +83,7 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
     resolving the branches.
     """
     started = time.monotonic()
+    trace.mark("pusher: started")
     if not branches:
         raise UsageError("name at least one branch to push")
     if not Path(repo_path, "config").is_file():
@@ -94,8 +96,10 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
     try:
         from ..repo import Repo
 
+        trace.mark("pusher: ssh started")
         repo = Repo.open(repo_path)
         heads = {b: repo.require(b) for b in branches}
+        trace.mark("pusher: libostree loaded")
         result = _session(repo, conn, str(target), heads, force, progress, delta)
     except TreeshipError as e:
         conn.close(kill=True)
@@ -107,6 +111,7 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
         conn.close(kill=True)
         raise
     rc = conn.close()
+    trace.mark("pusher: receiver exited")
     result.seconds = round(time.monotonic() - started, 3)
     if rc != 0 and result.ok:
         raise TransferError(f"receiver exited with status {rc}: {conn.stderr_tail() or 'no message'}")
@@ -122,14 +127,23 @@ def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], f
     writer.send_json(wire.HELLO, {"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION,
                                   "capabilities": [wire.DELTA_CAPABILITY]})
     writer.flush()
+    # While SSH connects and the receiver starts (a quarter of a second), list what the new
+    # commits hold: it is off the critical path here.
+    closures = {c: repo.reachable(c) for c in set(heads.values())}
+    trace.mark("pusher: closures walked")
     hello = reader.expect(wire.HELLO).json()
+    trace.mark("pusher: hello")
     if hello.get("magic") != wire.MAGIC or hello.get("protocol") != wire.PROTOCOL_VERSION:
         raise TransferError(f"{remote}: the receiver speaks another protocol ({hello.get('protocol')!r})")
     remote_refs: dict[str, str] = hello.get("refs") or {}
     updates = [{"ref": b, "old": remote_refs.get(b), "new": c} for b, c in heads.items()]
     writer.send_json(wire.UPDATE, {"updates": updates, "force": force})
     writer.flush()
+    # While the receiver checks the updates: what it may lack, for every ref that may go on.
+    moving = [u["new"] for u in updates if u["new"] != u["old"]]
+    candidates = _candidates(repo, moving, remote_refs, closures)
     pre = reader.expect(wire.PREFLIGHT).json()
+    trace.mark("pusher: preflight")
     results = [RefResult(**{k: r.get(k) for k in ("ref", "old", "new", "status", "reason")})
                for r in pre.get("refs", [])]
     result = PushResult(remote, results)
@@ -147,8 +161,9 @@ def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], f
             deltas, notes = delta.prepare(repo, reader, writer, [(r.ref, r.old, r.new) for r in go if r.new],
                                           hello, Path(workdir))
             result.messages += notes
-        _send(repo, reader, writer, go, remote_refs, deltas, result, progress)
+        _send(repo, reader, writer, go, remote_refs, deltas, result, progress, candidates)
     status = reader.expect(wire.STATUS).json()
+    trace.mark("pusher: status")
     final = {r.get("ref"): r for r in status.get("refs", [])}
     for r in results:
         if r.ref in final:
@@ -160,10 +175,16 @@ def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], f
 
 
 def _send(repo: Repo, reader: wire.Reader, writer: wire.Writer, go: list[RefResult], remote_refs: dict[str, str],
-          deltas: list[OutgoingDelta], result: PushResult, progress: PushProgress | None) -> None:
+          deltas: list[OutgoingDelta], result: PushResult, progress: PushProgress | None,
+          candidates: dict[str, set[tuple[str, int]]]) -> None:
     """The objects the receiver lacks, then the static deltas (push --delta), then FINISH."""
     by_delta = {d.to_commit for d in deltas}
-    wanted = _candidates(repo, [r.new for r in go if r.new and r.new not in by_delta], remote_refs)
+    wanted: set[tuple[str, int]] = set()
+    for r in go:
+        if r.new and r.new not in by_delta:
+            if r.new not in candidates:  # the receiver's refs moved since its HELLO: ask again for this one
+                candidates.update(_candidates(repo, [r.new], remote_refs, {r.new: repo.reachable(r.new)}))
+            wanted |= candidates[r.new]
     for d in deltas:  # what a delta leaves out travels as objects: large new files, the signatures,
         wanted.update(d.fallbacks)  # the commits between the two (the receiver checks fast-forward)
         if repo.detached_metadata(d.to_commit):
@@ -172,6 +193,7 @@ def _send(repo: Repo, reader: wire.Reader, writer: wire.Writer, go: list[RefResu
         while parent and parent != d.from_commit and repo.has_commit(parent):
             wanted.add((parent, int(OBJECT_TYPES["commit"])))
             parent = repo.commit(parent).parent
+    trace.mark("pusher: candidates walked")
     missing = _query(reader, writer, sorted(wanted, key=lambda o: (_ORDER[_TYPE_NAMES[o[1]]], o[0])))
     total_bytes = sum(_size(repo, c, t) for c, t in missing) + sum(d.size for d in deltas) if progress else 0
     total_objects = len(missing) + len(deltas)
@@ -186,6 +208,7 @@ def _send(repo: Repo, reader: wire.Reader, writer: wire.Writer, go: list[RefResu
         if progress:
             progress(done_objects, done_bytes, total_objects, total_bytes)
     result.objects_sent = done_objects
+    trace.mark("pusher: objects sent")
     done = [done_objects, done_bytes]
 
     def sent(n: int) -> None:
@@ -204,26 +227,26 @@ def _send(repo: Repo, reader: wire.Reader, writer: wire.Writer, go: list[RefResu
     result.bytes_sent = done[1]
 
 
-def _candidates(repo: Repo, commits: list[str], remote_refs: dict[str, str]) -> set[tuple[str, int]]:
-    """Objects of the new commits, less those of remote heads we have too (they are there).
-
-    A remote head's closure is complete (its ref moved only after the check), so a subtree
-    it holds whole is not even walked; the rest is settled by asking the receiver.
-    """
+def _candidates(repo: Repo, commits: list[str], remote_refs: dict[str, str],
+                closures: dict[str, set[tuple[str, int]]]) -> dict[str, set[tuple[str, int]]]:
+    """Per new commit: its objects (``closures``), less those of remote heads we have too
+    (they are there), plus the commits between it and a remote head; the receiver settles
+    the rest when asked."""
+    if not commits:
+        return {}
     have: set[tuple[str, int]] = set()
     for head in set(remote_refs.values()):
         if head not in commits and repo.has_commit(head):
             have |= repo.reachable(head, strict=False)  # a partial copy here lists less: we ask for more
-    have_trees = {c for c, t in have if t == int(OBJECT_TYPES["dirtree"])}
-    wanted: set[tuple[str, int]] = set()
+    heads = set(remote_refs.values())
+    out: dict[str, set[tuple[str, int]]] = {}
     for c in commits:
-        wanted |= repo.reachable(c, skip_trees=have_trees)
+        wanted = closures[c] - have
         if repo.detached_metadata(c):
             wanted.add((c, int(OBJECT_TYPES["commitmeta"])))
-    wanted -= have
-    for c in commits:
-        wanted |= {(p, int(OBJECT_TYPES["commit"])) for p in _between(repo, c, set(remote_refs.values()))}
-    return wanted
+        wanted |= {(p, int(OBJECT_TYPES["commit"])) for p in _between(repo, c, heads)}
+        out[c] = wanted
+    return out
 
 
 def _between(repo: Repo, commit: str, heads: set[str], limit: int = 10_000) -> list[str]:

@@ -14,15 +14,15 @@ import fcntl
 import os
 import re
 import shutil
+import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__, layout
+from .. import __version__, layout, trace
 from ..errors import StorageError, TransferError, TreeshipError
 from ..policy import Policy
 from . import wire
@@ -109,13 +109,54 @@ class Receiver:
         self.commitmeta: dict[str, bytes] = {}  # commit → its received .commitmeta, merged once refs move
         self.heads: dict[str, str] | None = None  # the branches as the session began (None: ask libostree)
 
-    @cached_property
-    def repo(self) -> Repo:
-        from ..repo import Repo
+        self._repo: Repo | None = None
+        self._loader: threading.Thread | None = None
+        self._load_error: BaseException | None = None
 
-        return Repo.open(self.repo_path)
+    @property
+    def repo(self) -> Repo:
+        """The repository through libostree: loaded by a thread started as soon as a push has
+        work (see _start_loading), so that its ~60 ms overlap the exchange of refs and names."""
+        if self._loader is not None:
+            self._loader.join()
+            self._loader = None
+            if self._load_error is not None:
+                raise self._load_error
+        if self._repo is None:
+            from ..repo import Repo
+
+            self._repo = Repo.open(self.repo_path)
+        return self._repo
+
+    def _start_loading(self) -> None:
+        if self._repo is not None or self._loader is not None:
+            return
+
+        def load() -> None:
+            try:
+                from ..repo import Repo
+
+                self._repo = Repo.open(self.repo_path)
+            except BaseException as e:  # noqa: BLE001 - raised in the main thread by .repo
+                self._load_error = e
+
+        self._loader = threading.Thread(target=load, name="treeship-load", daemon=True)
+        self._loader.start()
+
+    def _has_object(self, checksum: str, objtype: int) -> bool:
+        """Repo.has_object, told from the files where the layout is plain (see layout.has_object)."""
+        if self.heads is not None:
+            return layout.has_object(self.repo_path, checksum, _TYPE_NAMES[objtype])
+        return self.repo.has_object(checksum, objtype)
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            if self._loader is not None:  # never leave the process while it is half-way through imports
+                self._loader.join()
+
+    def _run(self) -> None:
         try:
             try:
                 self._session()
@@ -134,6 +175,7 @@ class Receiver:
     # -- phases ---------------------------------------------------------------------------------
 
     def _session(self) -> None:
+        trace.mark("receiver: started")
         hello = self.reader.expect(wire.HELLO).json()
         if hello.get("magic") != wire.MAGIC:
             raise TransferError("protocol error: not a treeship pusher")
@@ -163,13 +205,15 @@ class Receiver:
         self.delta_targets = {u.new for u in updates if u.status == "ok" and u.new}
         self.writer.send_json(wire.PREFLIGHT, {"refs": [u.to_dict() for u in updates]})
         self.writer.flush()
+        trace.mark("receiver: preflight sent")
         if not any(u.status == "ok" for u in updates):
             if updates and all(u.status == "uptodate" for u in updates):
                 self._repair_summary()
             return
-        repo = self.repo
-        with _SessionDir(repo.path / "tmp") as tmp:
+        with _SessionDir(Path(self.repo_path, "tmp")) as tmp:
             commits, metas = self._receive_objects(tmp)
+            repo = self.repo
+            trace.mark("receiver: objects received")
             targets = {u.new for u in updates if u.status == "ok" and u.new}
             for csum, data in metas.items():
                 # Signatures only for the commits this push moves a branch to, checked with the
@@ -192,7 +236,9 @@ class Receiver:
                 self.closure[csum] = repo.check_closure(csum)
                 if self.closure[csum] is None:
                     repo.mark_partial(csum, False)
+        trace.mark("receiver: closures checked")
         self._move_refs(updates)
+        trace.mark("receiver: refs moved, published")
         self.writer.send_json(wire.STATUS, {"refs": [u.to_dict() for u in updates],
                                             "received_bytes": self.received_bytes, "warnings": self.warnings})
         self.writer.flush()
@@ -203,6 +249,9 @@ class Receiver:
         raw = msg.get("updates")
         if not isinstance(raw, list) or not raw:
             raise TransferError("protocol error: UPDATE lists no refs")
+        heads = self.heads or {}
+        if any(not isinstance(i, dict) or heads.get(i.get("ref")) != i.get("new") for i in raw):
+            self._start_loading()  # objects may follow: libostree loads while the rest is settled
         updates: list[Update] = []
         seen: set[str] = set()
         for item in raw:
@@ -249,7 +298,7 @@ class Receiver:
         if current == u.new:
             u.status, u.reason = "uptodate", "already there"
             return
-        if current and self.repo.has_object(u.new, int(OBJECT_TYPES["commit"])) \
+        if current and self._has_object(u.new, int(OBJECT_TYPES["commit"])) \
                 and not self.repo.is_ancestor(current, u.new):
             self._check_rewind(u, force)
 
@@ -337,6 +386,7 @@ class Receiver:
         return commits, metas
 
     def _answer_query(self, frame: wire.Frame) -> None:
+        trace.mark("receiver: query")
         names = frame.json().get("objects")
         if not isinstance(names, list):
             raise TransferError("protocol error: QUERY without an object list")
@@ -345,10 +395,11 @@ class Receiver:
             csum, objtype = parse_object_name(name)
             if _TYPE_NAMES[objtype] == "commitmeta":
                 missing.append(name)  # signatures are merged, never assumed present
-            elif not self.repo.has_object(csum, objtype):
+            elif not self._has_object(csum, objtype):
                 missing.append(name)
         self.writer.send_json(wire.MISSING, {"objects": missing})
         self.writer.flush()
+        trace.mark("receiver: missing sent")
 
     def count_received(self, n: int) -> None:
         """Count ``n`` more bytes against the policy's limit on one push."""
