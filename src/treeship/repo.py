@@ -30,12 +30,7 @@ import gi
 gi.require_version("OSTree", "1.0")
 from gi.repository import Gio, GLib, OSTree  # noqa: E402
 
-try:  # ISA-L inflates the same raw deflate about 2.5x faster than zlib (docs/performance.md)
-    from isal import isal_zlib as _inflate
-except ImportError:  # a platform without its wheel: the standard library's zlib, same API
-    import zlib as _inflate  # type: ignore[no-redef]
-
-from . import layout  # noqa: E402
+from . import layout, objects  # noqa: E402
 from .errors import (  # noqa: E402
     RepoError,
     SigningError,
@@ -244,12 +239,6 @@ class Repo:
         self._repo = repo
         self._dirmeta_cache: dict[tuple[int, int, int], str] = {}
         self._lock = threading.Lock()
-        self._object_dirs: set[str] = set()  # objects/XX directories known to exist (place_object)
-        self._objects_fd: int | None = None  # objects/, opened once by place_object
-
-    def __del__(self) -> None:
-        if getattr(self, "_objects_fd", None) is not None:
-            os.close(self._objects_fd)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -863,14 +852,12 @@ class Repo:
         """Check an object received in archive form; raise TransferError if it is not ``checksum``.
 
         Nothing is trusted: metadata is hashed and its GVariant structure validated; content
-        is parsed and checksummed here (see :func:`_content_checksum`), its expansion bounded
-        by the size its header declares, which must not exceed ``max_size``. ``src`` is the
-        object's bytes, or a file holding them (large objects).
+        is parsed and checksummed (see :func:`treeship.objects.content_checksum`), its
+        expansion bounded by the size its header declares, which must not exceed
+        ``max_size``. ``src`` is the object's bytes, or a file holding them (large objects).
         """
         if objtype == OSTree.ObjectType.FILE:
-            got = _content_checksum(src, checksum, max_size)
-            if got != checksum:
-                raise TransferError(f"object {checksum}.file: checksum mismatch (content hashes to {got})")
+            objects.verify_content(src, checksum, max_size)
             return
         data = src.read_bytes() if isinstance(src, Path) else src
         got = hashlib.sha256(data).hexdigest()
@@ -878,36 +865,16 @@ class Repo:
             raise TransferError(f"object {checksum}.{_OBJ_EXT[objtype]}: checksum mismatch (hashes to {got})")
         _validate_metadata(data, checksum, objtype)
 
-    def place_object(self, src: bytes | Path, checksum: str, objtype: int) -> None:
-        """Make a verified object visible under objects/, as received (no recompression).
+    @cached_property
+    def store(self) -> objects.ObjectStore:
+        return objects.ObjectStore(self.path)
 
-        The file appears under its name only complete: an unnamed O_TMPFILE linked into
-        place, or a temp file renamed; an interrupted write leaves nothing readable.
-        Per object this is on a push's hot path (thousands of files): plain strings, the
-        mode and the existing objects/XX directories are looked up once.
-        """
+    def place_object(self, src: bytes | Path, checksum: str, objtype: int) -> None:
+        """Make a verified object visible under objects/, as received (see ObjectStore.place)."""
         mode = self.cached_mode
         if mode != "archive":
             raise RepoError(f"{self.path}: receiving needs an archive-mode repository, this one is {mode}")
-        directory = checksum[:2]
-        name = f"{checksum[2:]}.{'filez' if objtype == OSTree.ObjectType.FILE else _OBJ_EXT[objtype]}"
-        try:
-            with self._lock:
-                if self._objects_fd is None:
-                    self._objects_fd = os.open(self.path / "objects", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            if directory not in self._object_dirs:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(directory, 0o755, dir_fd=self._objects_fd)
-                self._object_dirs.add(directory)
-            if isinstance(src, Path):
-                os.chmod(src, 0o644)
-                os.replace(src, f"{directory}/{name}", dst_dir_fd=self._objects_fd)
-            else:
-                _write_new_file(self._objects_fd, directory, name, src)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise StorageError(f"{self.path}: no space left on device") from None
-            raise StorageError(f"{self.path}: storing {name}: {e.strerror}") from None
+        self.store.place(src, checksum, "filez" if objtype == OSTree.ObjectType.FILE else _OBJ_EXT[objtype])
 
     def install_object(self, src: bytes | Path, checksum: str, objtype: int, max_size: int | None = None) -> None:
         """Verify, then make visible: no object is readable before it is checked."""
@@ -1197,6 +1164,21 @@ def _file_error(e: BaseException, source_path: str, repo_path: Path) -> BaseExce
     return e
 
 
+_ARCHIVE_HEADER = GLib.VariantType.new("(tuuuusa(ayay))")
+
+
+def check_archive_header(hb: bytes, bad: str) -> None:
+    """A content object's ``(tuuuusa(ayay))`` header: in normal form, with a valid file mode.
+    (objects.py vouches for plain regular files itself; this is for the others.)"""
+    header = GLib.Variant.new_from_bytes(_ARCHIVE_HEADER, GLib.Bytes.new(hb), False)
+    if not header.is_normal_form():
+        raise TransferError(f"{bad}: header not in normal form")
+    try:
+        OSTree.validate_structureof_file_mode(struct.unpack_from(">I", hb, 16)[0])
+    except GLib.Error as e:
+        raise TransferError(f"{bad}: {e.message}") from None
+
+
 def _validate_metadata(data: bytes, checksum: str, objtype: int) -> None:
     """A metadata object must be a well-formed GVariant of its type, in normal form."""
     vtype, validator = _META_TYPES[objtype]
@@ -1209,101 +1191,6 @@ def _validate_metadata(data: bytes, checksum: str, objtype: int) -> None:
             validator(v)
         except GLib.Error as e:
             raise TransferError(f"object {name}: invalid: {e.message}") from None
-
-
-_ARCHIVE_HEADER = GLib.VariantType.new("(tuuuusa(ayay))")
-_MAX_ARCHIVE_HEADER = 16 << 20
-_INFLATE_CHUNK = 1 << 20
-
-
-def _gvariant_offset_size(total: int) -> int:
-    """Bytes per framing offset in a serialized GVariant container of ``total`` bytes (gvariant-serialiser.c)."""
-    return 8 if total > 0xFFFFFFFF else 4 if total > 0xFFFF else 2 if total > 0xFF else 1 if total else 0
-
-
-def _content_checksum(src: bytes | Path, checksum: str, max_size: int | None) -> str:
-    """The content checksum of an object in archive form (``.filez``), its expansion bounded.
-
-    The format (libostree's ostree-core-private.h): a u32 BE header length, 4 bytes of
-    padding, a ``(tuuuusa(ayay))`` header (size, uid, gid, mode, rdev, symlink target,
-    xattrs; numbers big-endian), then the content as raw deflate. The checksum is the sha256
-    of the ``(uuuusa(ayay))`` file header (with the same length prefix) followed by the
-    uncompressed content: the archive header in normal form less its size, re-framed.
-
-    libostree's own check (``checksum_file_from_input``) inflates to the end of the stream,
-    however far that is: a few kilobytes that expand to terabytes would keep the receiver
-    busy for hours. Here the size the header declares must be within ``max_size``, and
-    inflating stops one byte past it. ISA-L (or zlib) and hashlib release the GIL, so the receiver's
-    verify threads still run in parallel; ``ostree fsck`` in the tests cross-checks.
-    """
-    bad = f"object {checksum}.file: malformed"
-    with open(src, "rb") if isinstance(src, Path) else contextlib.nullcontext(memoryview(src)) as f:
-        read = f.read if isinstance(src, Path) else _reader(f)
-        head = read(8)
-        if len(head) < 8:
-            raise TransferError(f"{bad}: truncated header")
-        hlen = int.from_bytes(head[:4], "big")
-        if not 26 <= hlen <= _MAX_ARCHIVE_HEADER:  # 26: the smallest (tuuuusa(ayay))
-            raise TransferError(f"{bad}: header length {hlen} out of range")
-        hb = bytes(read(hlen))
-        if len(hb) < hlen:
-            raise TransferError(f"{bad}: truncated header")
-        header = GLib.Variant.new_from_bytes(_ARCHIVE_HEADER, GLib.Bytes.new(hb), False)
-        if not header.is_normal_form():
-            raise TransferError(f"{bad}: header not in normal form")
-        size, _uid, _gid, mode, rdev = struct.unpack_from(">QIIII", hb)
-        try:
-            OSTree.validate_structureof_file_mode(mode)
-        except GLib.Error as e:
-            raise TransferError(f"{bad}: {e.message}") from None
-        is_link = stat.S_ISLNK(mode)
-        w = _gvariant_offset_size(hlen)
-        end_target = int.from_bytes(hb[hlen - w:], "little")  # where the symlink target (s) ends
-        if rdev != 0 or (not is_link and end_target != 25):  # a regular file's target is "" (one NUL)
-            raise TransferError(f"{bad}: inconsistent header")
-        if is_link:
-            size = 0  # a symlink's content is its target, in the header; nothing is inflated
-        elif max_size is not None and size > max_size:
-            raise TransferError(f"object {checksum}.file: its content expands to {size} bytes, "
-                                f"over the limit of {max_size} bytes")
-        body = hb[8:hlen - w]
-        w2 = next(n for n in (1, 2, 4, 8) if len(body) + n <= (1 << (8 * n)) - 1)
-        file_header = body + (end_target - 8).to_bytes(w2, "little")
-        h = hashlib.sha256(len(file_header).to_bytes(4, "big") + bytes(4) + file_header)
-        inflater = _inflate.decompressobj(-15)
-        produced = 0
-        while chunk := read(_INFLATE_CHUNK):
-            if inflater.eof:
-                raise TransferError(f"{bad}: data after the end of its content")
-            while chunk:
-                try:
-                    out = inflater.decompress(chunk, size - produced + 1)
-                except _inflate.error as e:
-                    raise TransferError(f"{bad}: its content does not inflate ({e})") from None
-                produced += len(out)
-                if produced > size:
-                    raise TransferError(f"{bad}: its content is longer than the {size} bytes its header says")
-                h.update(out)
-                chunk = inflater.unconsumed_tail
-                if inflater.eof:
-                    if chunk or inflater.unused_data:
-                        raise TransferError(f"{bad}: data after the end of its content")
-                    break
-        if produced != size or not (inflater.eof or (is_link and produced == 0)):
-            raise TransferError(f"{bad}: its content is not the {size} bytes its header says")
-    return h.hexdigest()
-
-
-def _reader(view: memoryview) -> Callable[[int], memoryview]:
-    pos = 0
-
-    def read(n: int) -> memoryview:
-        nonlocal pos
-        out = view[pos:pos + n]
-        pos += len(out)
-        return out
-
-    return read
 
 
 SUMMARY_DIR = layout.SUMMARY_DIR
@@ -1352,57 +1239,6 @@ def _replace_file(dest: Path, data: bytes, workdir: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask would race with other threads)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o777  # unknown: assume the worst, so files are always chmodded
-
-
-_CHMOD_NEEDED = bool(_umask() & 0o644)
-
-
-def _write_new_file(dir_fd: int, directory: str, name: str, data: bytes) -> None:
-    """Create ``directory/name`` (relative to ``dir_fd``) holding ``data``, visible only once
-    complete (O_TMPFILE + linkat)."""
-    dest = f"{directory}/{name}"
-    try:
-        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
-    except OSError as e:  # no O_TMPFILE on this file system: a temp name, then rename
-        if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            raise
-        tmp = f"{directory}/.tmp-{name}-{os.getpid()}-{threading.get_ident()}"
-        try:
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd),
-                      "wb") as f:
-                f.write(data)
-                os.fchmod(f.fileno(), 0o644)
-            os.replace(tmp, dest, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dir_fd)
-            raise
-        return
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if _CHMOD_NEEDED:
-            os.fchmod(fd, 0o644)
-        try:
-            # dst_dir_fd makes CPython call linkat(AT_SYMLINK_FOLLOW), which follows /proc's link.
-            os.link(f"/proc/self/fd/{fd}", dest, dst_dir_fd=dir_fd, follow_symlinks=True)
-        except FileExistsError:
-            pass  # the same verified object, placed by a concurrent push
-    finally:
-        os.close(fd)
 
 
 # -- static deltas as `treeship push --delta` sends and applies them ----------------------------

@@ -49,7 +49,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +57,8 @@ from ..errors import TransferError, TreeshipError
 from . import wire
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from ..repo import DeltaPart, Repo
     from .receiver import Receiver
 
@@ -361,7 +362,7 @@ def _receive_file(rx: Receiver, path: Path, size: int, limit: int) -> str:
     return digest.hexdigest()
 
 
-def receive(rx: Receiver, frame: wire.Frame, workdir: Path, pool: ThreadPoolExecutor,
+def receive(rx: Receiver, frame: wire.Frame, workdir: Path, pool: Executor,
             targets: set[str]) -> tuple[str, bytes]:
     """Read one delta, apply it aside, verify and place every object it produced.
 
@@ -441,7 +442,7 @@ def _apply_in_child(rx: Receiver, d: Path, target: Path, superblock: Path, old: 
         raise TransferError(f"static delta {old[:12]} → {new[:12]} rejected: {why[:300]}")
 
 
-def _import(rx: Receiver, target: Repo, d: Path, produced: dict[str, int], pool: ThreadPoolExecutor) -> None:
+def _import(rx: Receiver, target: Repo, d: Path, produced: dict[str, int], pool: Executor) -> None:
     """Every object the delta wrote, from the bare-user repo in archive form, through the receiver's checks.
 
     Each worker reads one object (compressing it, as an archive repo stores it), then
