@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -758,22 +758,19 @@ class Repo:
             return not (state & OSTree.RepoCommitState.PARTIAL)
         return bool(present)
 
-    def reachable(self, commit: str, skip_trees: Container[str] = (), strict: bool = True) -> set[tuple[str, int]]:
+    def reachable(self, commit: str, strict: bool = True) -> set[tuple[str, int]]:
         """Every object of a commit's closure (commit, dirtrees, dirmetas, files).
 
-        Subtrees whose dirtree checksum is in ``skip_trees`` are not entered (their dirmeta
-        is still listed): the pusher skips what a receiver's head already holds whole.
         ``strict``: raise RepoError if a dirtree is missing (else leave that subtree out).
         """
         out = {(commit, int(OSTree.ObjectType.COMMIT))}
         try:
-            out.update(self._tree_objects(commit, skip_trees, strict))
+            out.update(self._tree_objects(commit, strict))
         except _MissingTree as e:
             raise RepoError(f"commit {commit}: incomplete: dirtree {e.checksum} is missing") from None
         return out
 
-    def _tree_objects(self, commit: str, skip_trees: Container[str] = (),
-                      strict: bool = True) -> Iterator[tuple[str, int]]:
+    def _tree_objects(self, commit: str, strict: bool = True) -> Iterator[tuple[str, int]]:
         """(checksum, type) of the dirtrees, dirmetas and files under a commit, each dirtree once.
 
         Our own walk over the serialized variants (``get_child_value``, not ``unpack()``,
@@ -794,7 +791,7 @@ class Repo:
         while stack:
             tree, meta = stack.pop()
             yield meta, meta_t
-            if tree in trees or tree in skip_trees:
+            if tree in trees:
                 continue
             trees.add(tree)
             try:

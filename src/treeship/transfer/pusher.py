@@ -128,8 +128,11 @@ def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], f
                                   "capabilities": [wire.DELTA_CAPABILITY]})
     writer.flush()
     # While SSH connects and the receiver starts (a quarter of a second), list what the new
-    # commits hold: it is off the critical path here.
+    # commits hold, and what their parents hold: the receiver's head is most often the
+    # parent (the release before). Off the critical path here.
     closures = {c: repo.reachable(c) for c in set(heads.values())}
+    parents = {p for c in closures if (p := repo.commit(c).parent) and repo.has_commit(p)}
+    held = {p: repo.reachable(p, strict=False) for p in parents - set(closures)}
     trace.mark("pusher: closures walked")
     hello = reader.expect(wire.HELLO).json()
     trace.mark("pusher: hello")
@@ -141,7 +144,7 @@ def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], f
     writer.flush()
     # While the receiver checks the updates: what it may lack, for every ref that may go on.
     moving = [u["new"] for u in updates if u["new"] != u["old"]]
-    candidates = _candidates(repo, moving, remote_refs, closures)
+    candidates = _candidates(repo, moving, remote_refs, closures, held)
     pre = reader.expect(wire.PREFLIGHT).json()
     trace.mark("pusher: preflight")
     results = [RefResult(**{k: r.get(k) for k in ("ref", "old", "new", "status", "reason")})
@@ -228,15 +231,19 @@ def _send(repo: Repo, reader: wire.Reader, writer: wire.Writer, go: list[RefResu
 
 
 def _candidates(repo: Repo, commits: list[str], remote_refs: dict[str, str],
-                closures: dict[str, set[tuple[str, int]]]) -> dict[str, set[tuple[str, int]]]:
+                closures: dict[str, set[tuple[str, int]]],
+                held: dict[str, set[tuple[str, int]]] | None = None) -> dict[str, set[tuple[str, int]]]:
     """Per new commit: its objects (``closures``), less those of remote heads we have too
-    (they are there), plus the commits between it and a remote head; the receiver settles
-    the rest when asked."""
+    (they are there; ``held`` may list some already), plus the commits between it and a
+    remote head; the receiver settles the rest when asked."""
     if not commits:
         return {}
+    held = held or {}
     have: set[tuple[str, int]] = set()
     for head in set(remote_refs.values()):
-        if head not in commits and repo.has_commit(head):
+        if head in held:
+            have |= held[head]
+        elif head not in commits and repo.has_commit(head):
             have |= repo.reachable(head, strict=False)  # a partial copy here lists less: we ask for more
     heads = set(remote_refs.values())
     out: dict[str, set[tuple[str, int]]] = {}
