@@ -114,8 +114,8 @@ class Receiver:
 
     @property
     def repo(self) -> Repo:
-        """The repository through libostree: loaded by a thread started as soon as a push has
-        work (see _start_loading), so that its ~60 ms overlap the exchange of refs and names."""
+        """The repository through libostree: loaded by a thread started once the pusher knows
+        what to send (see _answer_query), so that its ~60 ms overlap receiving content objects."""
         if self._loader is not None:
             self._loader.join()
             self._loader = None
@@ -248,9 +248,6 @@ class Receiver:
         raw = msg.get("updates")
         if not isinstance(raw, list) or not raw:
             raise TransferError("protocol error: UPDATE lists no refs")
-        heads = self.heads or {}
-        if any(not isinstance(i, dict) or heads.get(i.get("ref")) != i.get("new") for i in raw):
-            self._start_loading()  # objects may follow: libostree loads while the rest is settled
         updates: list[Update] = []
         seen: set[str] = set()
         for item in raw:
@@ -404,6 +401,9 @@ class Receiver:
         self.writer.send_json(wire.MISSING, {"objects": missing})
         self.writer.flush()
         trace.mark("receiver: missing sent")
+        # Objects follow, content first, which needs no libostree: it loads meanwhile. (Not
+        # earlier: importing it holds the GIL, and answering this query would wait for it.)
+        self._start_loading()
 
     def count_received(self, n: int) -> None:
         """Count ``n`` more bytes against the policy's limit on one push."""
