@@ -646,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(TIME).exists():
         ap.error(f"{TIME} (GNU time, Debian package 'time') is needed for the receivers' CPU and peak RSS")
     treeship = release_bench.find_treeship(args.treeship)
+    release_bench.compile_treeship(treeship)
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="push-bench-", dir=args.workdir)).resolve()

@@ -527,6 +527,21 @@ def find_treeship(given: str | None) -> str:
     return found
 
 
+def compile_treeship(exe: str) -> None:
+    """Byte-compile the treeship package that ``exe`` runs, as installing it does.
+
+    Where PYTHONDONTWRITEBYTECODE is set (this machine's environment, many container
+    images), an editable install would otherwise compile every module changed since its
+    last .pyc in every timed run: 5-10 ms per command that no installed treeship pays.
+    """
+    with open(exe, "rb") as f:
+        first = f.readline()
+    python = first[2:].decode().split()[0] if first.startswith(b"#!") else sys.executable
+    where = subprocess.run([python, "-c", "import os, treeship; print(os.path.dirname(treeship.__file__))"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run([python, "-m", "compileall", "-q", where], check=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse options, generate, warm, run, report. Exit 1 if the trees differ."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -551,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.ostree:
         ap.error("no ostree on PATH; use --ostree PATH")
     exes = {"ostree": args.ostree, "treeship": find_treeship(args.treeship)}
+    compile_treeship(exes["treeship"])
 
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)

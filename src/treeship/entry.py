@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # not `from typing`: importing typing costs this entry ~10 ms
+if TYPE_CHECKING:
+    from typing import Any
 
 #: receive's options taking a value → its parameter; the flags; (both as the click command has them)
 RECEIVE_OPTIONS = {"--repo": "repo_path", "--config": "config", "--key-id": "key_id", "--timeout": "timeout"}

@@ -13,9 +13,12 @@ import os
 import select
 import struct
 from dataclasses import dataclass
-from typing import Any
 
 from ..errors import TransferError
+
+TYPE_CHECKING = False  # not `from typing`: importing typing costs a receiver ~10 ms
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTOCOL_VERSION = 1
 MAGIC = "treeship-push"
