@@ -315,15 +315,16 @@ class Receiver:
         in_flight = 0  # bytes held in memory by queued jobs: bounded, whatever the push size
         commit_bytes = 0
         counter = 0
-        from ..objects import ObjectStore
-        from . import delta
-
-        store = ObjectStore(self.repo_path)  # content objects need no libostree: they go on while it loads
+        store = None  # made at the first object: a QUERY is answered before anything is imported
         with _Verifier() as pool:
             try:
                 while True:
                     frame = self.reader.read()
                     if frame.type == wire.OBJECT:
+                        if store is None:
+                            from ..objects import ObjectStore
+
+                            store = ObjectStore(self.repo_path)  # no libostree: content goes on while it loads
                         counter += 1
                         csum, objtype, data = self._read_object(frame, tmp, counter)
                         name = _TYPE_NAMES[objtype]
@@ -359,6 +360,8 @@ class Receiver:
                             fut.result()
                             in_flight -= size
                     elif frame.type == wire.DELTA:  # push --delta: see delta.py
+                        from . import delta
+
                         for fut, _ in pending:
                             fut.result()
                         pending.clear()
@@ -636,12 +639,15 @@ class _Verifier:
     """
 
     def __init__(self) -> None:
-        from concurrent.futures import Future  # here: a no-op push does not need it
-
-        self._future = Future
         self._jobs: deque[tuple[Future[Any], Any, tuple[Any, ...]]] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._thread: threading.Thread | None = None  # started by the first job: most pushes' first frames need none
+
+    def _start(self) -> None:
+        from concurrent.futures import Future
+
+        self._future = Future
         self._thread = threading.Thread(target=self._work, name="treeship-verify", daemon=True)
         self._thread.start()
 
@@ -652,12 +658,15 @@ class _Verifier:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         self.run_all()  # nothing is left unrun
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
         if kwargs:
             raise TypeError("keyword arguments are not passed on")
+        if self._thread is None:
+            self._start()
         fut: Future[Any] = self._future()
         with self._cond:
             self._jobs.append((fut, fn, args))
