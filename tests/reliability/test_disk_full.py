@@ -69,6 +69,7 @@ def test_disk_full_mid_push_then_retry_after_space_is_freed(treeship, small_fs, 
     assert full.returncode in (8, 11), full.stderr
     assert full.stderr.startswith("treeship: error: ") and "no space left on device" in full.stderr, full.stderr
     assert full.stderr.count("\n") == 1, full.stderr  # one line, no traceback
+    assert "remote error: " in full.stderr and "connection closed" not in full.stderr, full.stderr  # the cause
     fsck(srv)
     assert refs(srv) == {}
     refs_complete(srv)

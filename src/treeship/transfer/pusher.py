@@ -164,7 +164,13 @@ def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], f
             deltas, notes = delta.prepare(repo, reader, writer, [(r.ref, r.old, r.new) for r in go if r.new],
                                           hello, Path(workdir))
             result.messages += notes
-        _send(repo, reader, writer, go, remote_refs, deltas, result, progress, candidates)
+        try:
+            _send(repo, reader, writer, go, remote_refs, deltas, result, progress, candidates)
+        except TransferError as e:
+            said = _remote_error(reader)  # a receiver that gives up says why before it hangs up
+            if said is None:
+                raise
+            raise TransferError(f"remote error: {said}") from e
     status = reader.expect(wire.STATUS).json()
     trace.mark("pusher: status")
     final = {r.get("ref"): r for r in status.get("refs", [])}
@@ -272,6 +278,19 @@ def _between(repo: Repo, commit: str, heads: set[str], limit: int = 10_000) -> l
         chain.append(cur)
         cur = repo.commit(cur).parent
     return chain if cur in heads else []
+
+
+def _remote_error(reader: wire.Reader, wait: float = 5.0) -> str | None:
+    """The message of an ERROR frame the receiver sent before the connection broke, if any."""
+    reader.timeout = wait
+    try:
+        for _ in range(1000):  # what is left of MISSING answers and the like, then ERROR
+            frame = reader.read()
+            if frame.type == wire.ERROR:
+                return str(frame.json().get("message", "?"))
+    except TransferError:
+        pass
+    return None
 
 
 def _query(reader: wire.Reader, writer: wire.Writer, objects: list[tuple[str, int]]) -> list[tuple[str, int]]:
