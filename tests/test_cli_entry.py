@@ -69,3 +69,41 @@ def test_fast_path_reports_errors_as_the_cli_does(tmp_path):
                        input=b"", capture_output=True)
     assert p.returncode == 11  # the pusher hung up before HELLO: a transfer error, one line
     assert p.stderr.decode().count("\n") == 1 and p.stderr.startswith(b"treeship: error: ")
+
+
+PLAIN_PUSH = [
+    ["push", "origin", "main"],
+    ["push", "--repo", "/r", "ssh://h/srv", "a/b", "c", "--json", "--force"],
+    ["push", "--ssh-command=ssh -i k", "--receive-command", "/opt/treeship", "--delta", "r", "b"],
+    ["push", "r", "--repo=/x", "b"],  # options between arguments, as click takes them
+]
+
+
+def test_fast_push_parser_knows_every_push_option():
+    command = cli.cli.commands["push"]
+    options = {o for p in command.params if isinstance(p, click.Option) for o in p.opts}
+    flags = {o for p in command.params if isinstance(p, click.Option) and p.is_flag for o in p.opts}
+    assert options - {"--help"} == set(entry.PUSH_OPTIONS) | set(entry.PUSH_FLAGS)
+    assert flags == set(entry.PUSH_FLAGS)
+
+
+@pytest.mark.parametrize("argv", PLAIN_PUSH)
+def test_fast_push_parser_reads_what_click_reads(argv, monkeypatch):
+    for var in ("TREESHIP_REPO", "TREESHIP_SSH", "TREESHIP_RECEIVE"):
+        monkeypatch.delenv(var, raising=False)
+    params = cli.cli.commands["push"].make_context("push", argv[1:]).params
+    assert entry.plain_push_args(argv) == params
+
+
+def test_fast_push_parser_reads_the_environment_as_click_does(monkeypatch):
+    monkeypatch.setenv("TREESHIP_REPO", "/env/repo")
+    monkeypatch.setenv("TREESHIP_SSH", "ssh -p 2222")
+    monkeypatch.setenv("TREESHIP_RECEIVE", "/opt/bin/treeship")
+    argv = ["push", "r", "b"]
+    assert entry.plain_push_args(argv) == cli.cli.commands["push"].make_context("push", argv[1:]).params
+
+
+@pytest.mark.parametrize("argv", [["push", "r"], ["push", "--help"], ["push", "--", "r", "b"], ["push", "-f", "r", "b"],
+                                  ["push", "--repo"], ["push", "--bogus", "r", "b"]])
+def test_anything_else_is_left_to_click(argv):
+    assert entry.plain_push_args(argv) is None

@@ -527,3 +527,23 @@ def test_receiving_repository_must_be_archive_mode(treeship, tmp_path):
     assert "archive mode" in r.stderr and "bare-user" in r.stderr
     assert refs(bare) == {}
     assert objects(bare) == {}
+
+
+def test_an_early_ssh_connection_nobody_uses_is_not_left_behind(treeship, server, tmp_path):
+    """entry.py starts SSH before the CLI loads; a push that then fails must not leave it running."""
+    srv = server()
+    local = tmp_path / "local"
+    release(treeship, write_tree(tmp_path / "tree"), local)
+
+    r = push(treeship, local, srv, "no/such-branch", rc=5, as_json=False)
+
+    assert r.stderr.startswith("treeship: error: no/such-branch: no such branch") and r.stderr.count("\n") == 1
+    # killed and reaped before treeship exits: nothing of it may be running now
+    left = subprocess.run(["pgrep", "-af", str(srv.key.path)], capture_output=True, text=True).stdout
+    assert not left, left
+    ok = push(treeship, local, srv, BRANCH)
+    assert ok.json()["ok"] and refs(srv.repo) == {BRANCH: release_commit(local)}
+
+
+def release_commit(repo: Path) -> str:
+    return (repo / "refs" / "heads" / BRANCH).read_text().strip()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .. import trace
 from ..errors import PushRejected, TransferError, TreeshipError, UsageError
 from . import wire
-from .transport import Connection, Target, configured_remote_url, parse_url, receive_argv
+from .transport import Connection, connect, receive_argv, resolve_remote
 
 if TYPE_CHECKING:
     from ..repo import Repo
@@ -64,17 +64,6 @@ class PushResult:
         return d
 
 
-def resolve_remote(repo_path: str, remote: str) -> Target:
-    """A remote name from the repo's config, or a URL / path given directly."""
-    url = configured_remote_url(repo_path, remote)
-    if url is None:
-        if "://" in remote or "/" in remote or remote.startswith("."):
-            url = remote
-        else:
-            raise UsageError(f"unknown remote {remote!r} (add it with 'treeship remote add {remote} URL')")
-    return parse_url(url)
-
-
 def push(repo_path: str, remote: str, branches: list[str], *, force: bool = False, ssh_command: str | None = None,
          receive_command: str | None = None, progress: PushProgress | None = None, delta: bool = False) -> PushResult:
     """Push ``branches`` of the repo at ``repo_path`` to ``remote``; raise PushRejected if a ref was refused.
@@ -91,8 +80,8 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
 
         Repo.open(repo_path)  # raises the precise error
     target = resolve_remote(repo_path, remote)
-    conn = Connection(receive_argv(target, ssh_command=ssh_command, receive_command=receive_command,
-                                   create=target.kind == "local"))
+    conn = connect(receive_argv(target, ssh_command=ssh_command, receive_command=receive_command,
+                                create=target.kind == "local"))
     try:
         from ..repo import Repo
 

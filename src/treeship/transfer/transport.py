@@ -2,11 +2,13 @@
 
 Both give the same thing — a process whose stdin/stdout carry the protocol — so the
 local-path remote (the embedded default) runs exactly the code path SSH does.
+
+This module is imported before click and the CLI, to start SSH as early as possible
+(see entry.py), so it keeps to a few light standard modules.
 """
 
 from __future__ import annotations
 
-import configparser
 import os
 import select
 import shlex
@@ -14,22 +16,35 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..errors import UsageError
 
 
-@dataclass(frozen=True)
 class Target:
-    """Where a push goes: an SSH host and path, or a local path."""
+    """Where a push goes: an SSH host and path, or a local path.
 
-    kind: str  # "ssh" | "local"
-    path: str
-    host: str | None = None
-    user: str | None = None
-    port: int | None = None
+    (A plain class, not a dataclass: importing dataclasses would cost ~15 ms before SSH starts.)
+    """
+
+    __slots__ = ("kind", "path", "host", "user", "port")
+
+    def __init__(self, kind: str, path: str, host: str | None = None, user: str | None = None,
+                 port: int | None = None) -> None:
+        self.kind = kind  # "ssh" | "local"
+        self.path = path
+        self.host = host
+        self.user = user
+        self.port = port
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Target) and all(getattr(self, a) == getattr(other, a) for a in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, a) for a in self.__slots__))
+
+    def __repr__(self) -> str:
+        return f"Target({', '.join(f'{a}={getattr(self, a)!r}' for a in self.__slots__)})"
 
     def __str__(self) -> str:
         if self.kind == "local":
@@ -66,10 +81,16 @@ def configured_remote_url(repo_path: str, name: str) -> str | None:
     Read directly (a key file, documented in ostree.repo-config(5)) so that the SSH
     connection can start before libostree is even loaded.
     """
+    import configparser  # here: a push to a URL does without
+
     parser = configparser.ConfigParser(interpolation=None, strict=False)
-    files = [Path(repo_path, "config"), *sorted(Path(repo_path, "remotes.d").glob("*.conf"))]
+    remotes_d = os.path.join(repo_path, "remotes.d")
     try:
-        parser.read([str(f) for f in files], encoding="utf-8")
+        extra = sorted(os.path.join(remotes_d, n) for n in os.listdir(remotes_d) if n.endswith(".conf"))
+    except OSError:
+        extra = []
+    try:
+        parser.read([os.path.join(repo_path, "config"), *extra], encoding="utf-8")
     except (configparser.Error, UnicodeDecodeError):
         return None
     section = f'remote "{name}"'
@@ -78,9 +99,20 @@ def configured_remote_url(repo_path: str, name: str) -> str | None:
     return None
 
 
+def resolve_remote(repo_path: str, remote: str) -> Target:
+    """A remote name from the repo's config, or a URL / path given directly."""
+    url = configured_remote_url(repo_path, remote)
+    if url is None:
+        if "://" in remote or "/" in remote or remote.startswith("."):
+            url = remote
+        else:
+            raise UsageError(f"unknown remote {remote!r} (add it with 'treeship remote add {remote} URL')")
+    return parse_url(url)
+
+
 def local_treeship() -> list[str]:
-    exe = Path(sys.executable).with_name("treeship")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "treeship"]
+    exe = os.path.join(os.path.dirname(sys.executable), "treeship")
+    return [exe] if os.path.exists(exe) else [sys.executable, "-m", "treeship"]
 
 
 def receive_argv(target: Target, *, ssh_command: str | None = None, receive_command: str | None = None,
@@ -161,3 +193,28 @@ class Connection:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+
+_prestarted: dict[tuple[str, ...], Connection] = {}
+
+
+def prestart(argv: list[str]) -> None:
+    """Start a receiver before the CLI has loaded (entry.py): the SSH handshake, a quarter
+    of a second, then overlaps loading click, the CLI and libostree. Taken by ``connect``;
+    one nobody takes is killed by ``discard_prestarted`` on the way out."""
+    try:
+        _prestarted[tuple(argv)] = Connection(argv)
+    except UsageError:
+        pass  # the ordinary path will say it
+
+
+def connect(argv: list[str]) -> Connection:
+    """The receiver for ``argv``: the one started early for exactly this command line, or a new one."""
+    return _prestarted.pop(tuple(argv), None) or Connection(argv)
+
+
+def discard_prestarted() -> None:
+    for conn in _prestarted.values():
+        conn.close(kill=True)
+    _prestarted.clear()
+
