@@ -107,3 +107,9 @@ def test_fast_push_parser_reads_the_environment_as_click_does(monkeypatch):
                                   ["push", "--repo"], ["push", "--bogus", "r", "b"]])
 def test_anything_else_is_left_to_click(argv):
     assert entry.plain_push_args(argv) is None
+
+
+def test_a_closed_stderr_does_not_change_the_exit_code(tmp_path):
+    p = subprocess.run(f"{sys.executable} -m treeship receive --repo {tmp_path / 'nope'} </dev/null 2>&-",
+                       shell=True)
+    assert p.returncode == 11  # a transfer error (the pusher hung up before HELLO), not 1

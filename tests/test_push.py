@@ -547,3 +547,16 @@ def test_an_early_ssh_connection_nobody_uses_is_not_left_behind(treeship, server
 
 def release_commit(repo: Path) -> str:
     return (repo / "refs" / "heads" / BRANCH).read_text().strip()
+
+
+def test_an_up_to_date_branch_whose_local_copy_is_incomplete_is_still_up_to_date(treeship, server, tmp_path):
+    srv = server()
+    local = tmp_path / "local"
+    commit = release(treeship, write_tree(tmp_path / "tree"), local)
+    push(treeship, local, srv, BRANCH)
+    dirtrees = sorted((local / "objects").glob("*/*.dirtree"))
+    dirtrees[0].unlink()  # the local copy loses part of its tree; the receiver has all of it
+
+    r = push(treeship, local, srv, BRANCH)
+
+    assert r.json()["refs"][0]["status"] == "uptodate" and refs(srv.repo) == {BRANCH: commit}

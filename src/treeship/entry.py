@@ -161,7 +161,8 @@ def _leave(code: int) -> None:
     has been closed by its context manager; only the standard streams are left to flush."""
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # None: the descriptor was closed when Python started
+                stream.flush()
         except (OSError, ValueError):
             pass
     os._exit(code)

@@ -108,15 +108,22 @@ def report(e: BaseException) -> int:
     if isinstance(e, TreeshipError):
         # one line, whatever a path or a name holds (newlines, escapes)
         line = "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in e.message)
-        print(f"treeship: error: {line}", file=sys.stderr)
+        _say(f"treeship: error: {line}")
         return e.exit_code
     if isinstance(e, KeyboardInterrupt):
-        print("treeship: interrupted", file=sys.stderr)
+        _say("treeship: interrupted")
         return 130
     if isinstance(e, BrokenPipeError):
         os._exit(0)
     if os.environ.get("TREESHIP_DEBUG"):
         raise e
-    print(f"treeship: internal error: {type(e).__name__}: {e} (set TREESHIP_DEBUG=1 for a traceback)",
-          file=sys.stderr)
+    _say(f"treeship: internal error: {type(e).__name__}: {e} (set TREESHIP_DEBUG=1 for a traceback)")
     return 1
+
+
+def _say(line: str) -> None:
+    """One line on stderr; a closed stderr must not change the exit code."""
+    try:
+        print(line, file=sys.stderr)
+    except (OSError, ValueError):
+        pass

@@ -10,12 +10,11 @@ libostree through :mod:`treeship.repo`, which stays the only module that loads i
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
 from pathlib import Path
 
-_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_HEX64B = re.compile(rb"[0-9a-f]{64}\Z")
 # The ASCII part of libostree's OSTREE_REF_REGEXP: a name matching this is valid there too.
 _ASCII_REF = re.compile(r"(?:[A-Za-z0-9_][-._A-Za-z0-9_]*/)*[A-Za-z0-9_][-._A-Za-z0-9_]*\Z")
 SUMMARY_DIR = "treeship-summary"
@@ -34,34 +33,72 @@ def plainly_valid_branch(name: str) -> bool:
     return bool(_ASCII_REF.match(name)) and ".." not in name.split("/")
 
 
+_KEY_LINE = re.compile(r"([A-Za-z0-9_.-]+)=(\S(?:.*\S)?)?\Z")
+
+
 def mode(path: str | os.PathLike[str]) -> str | None:
-    """The repository's ``core.mode``, or None where libostree should be asked (a parent repo)."""
-    cp = configparser.ConfigParser(interpolation=None, strict=False)
+    """The repository's ``core.mode``, or None where libostree should be asked.
+
+    Read only from a config in the plain form ostree writes (``[group]`` lines, ``key=value``
+    lines, ``#`` comments, blank lines). Anything else — spaces around ``=`` or a value,
+    another comment style, a repeated key, a ``parent`` repository — is left to GLib's
+    key-file parser, whose reading configparser would not match exactly.
+    """
     try:
-        cp.read_string(Path(path, "config").read_text())
-    except (OSError, UnicodeDecodeError, configparser.Error):
+        text = Path(path, "config").read_text()
+    except (OSError, UnicodeDecodeError):
         return None
-    if not cp.has_section("core") or cp.has_option("core", "parent"):
+    group = None
+    core: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]") and "[" not in line[1:] and "]" not in line[:-1]:
+            group = line[1:-1]
+            continue
+        m = _KEY_LINE.match(line)
+        if m is None or group is None:
+            return None
+        if group == "core":
+            if m.group(1) in core:
+                return None
+            core[m.group(1)] = m.group(2) or ""
+    if "parent" in core:
         return None
-    name = cp.get("core", "mode", fallback="bare").strip()
+    name = core.get("mode", "bare")
     return _MODE_ALIASES.get(name, name) if name in _MODES else None
 
 
 def heads(path: str | os.PathLike[str]) -> dict[str, str] | None:
-    """Every branch under refs/heads and its commit; None if one is unreadable or odd."""
-    root = Path(path, "refs", "heads")
+    """Every branch under refs/heads and its commit; None if anything is not as ostree
+    writes it (a checksum and a newline in a regular file, or a symlink to one: an alias)."""
     out: dict[str, str] = {}
-    for dirpath, _dirs, files in os.walk(root, followlinks=False):
-        for name in files:
-            full = os.path.join(dirpath, name)
+
+    def walk(directory: str, prefix: str) -> bool:
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            return False
+        for e in entries:
+            name = prefix + e.name
+            if e.is_dir(follow_symlinks=False):
+                if not walk(e.path, name + "/"):
+                    return False
+                continue
+            if not (e.is_file(follow_symlinks=False) or (e.is_symlink() and os.path.isfile(e.path))):
+                return False  # a FIFO would block a read; a link to a directory libostree refuses
             try:
-                value = Path(full).read_text().strip()
-            except (OSError, UnicodeDecodeError):
-                return None
-            if not _HEX64.match(value):
-                return None  # an alias to another ref, or damage: libostree knows
-            out[os.path.relpath(full, root)] = value
-    return out
+                with open(e.path, "rb") as f:
+                    raw = f.read(66)
+            except OSError:
+                return False
+            value = raw[:-1] if raw.endswith(b"\n") else raw
+            if not _HEX64B.match(value):
+                return False  # damage, or a form libostree may read otherwise: it knows
+            out[name] = value.decode()
+        return True
+
+    return out if walk(os.path.join(path, "refs", "heads"), "") else None
 
 
 _SUFFIX = {"file": "filez", "dirtree": "dirtree", "dirmeta": "dirmeta", "commit": "commit",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import trace
-from ..errors import PushRejected, TransferError, TreeshipError, UsageError
+from ..errors import PushRejected, RepoError, TransferError, TreeshipError, UsageError
 from . import wire
 from .transport import Connection, connect, receive_argv, resolve_remote
 
@@ -119,7 +119,12 @@ def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], f
     # While SSH connects and the receiver starts (a quarter of a second), list what the new
     # commits hold, and what their parents hold: the receiver's head is most often the
     # parent (the release before). Off the critical path here.
-    closures = {c: repo.reachable(c) for c in set(heads.values())}
+    closures: dict[str, set[tuple[str, int]]] = {}
+    for c in set(heads.values()):
+        try:
+            closures[c] = repo.reachable(c)
+        except RepoError:
+            pass  # incomplete here: fine if the receiver has it already; if not, _candidates says so
     parents = {p for c in closures if (p := repo.commit(c).parent) and repo.has_commit(p)}
     held = {p: repo.reachable(p, strict=False) for p in parents - set(closures)}
     trace.mark("pusher: closures walked")
@@ -243,7 +248,7 @@ def _candidates(repo: Repo, commits: list[str], remote_refs: dict[str, str],
     heads = set(remote_refs.values())
     out: dict[str, set[tuple[str, int]]] = {}
     for c in commits:
-        wanted = closures[c] - have
+        wanted = (closures[c] if c in closures else repo.reachable(c)) - have
         if repo.detached_metadata(c):
             wanted.add((c, int(OBJECT_TYPES["commitmeta"])))
         wanted |= {(p, int(OBJECT_TYPES["commit"])) for p in _between(repo, c, heads)}

@@ -75,6 +75,14 @@ def serve(repo_path: str, config: str | None, key_id: str | None, timeout: float
     from ..policy import load
 
     pol = load(config)
+    for fd in (0, 1, 2):  # a closed one would be taken by the next open (the protocol's, say): fill it
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
     proto_out = os.dup(1)
     os.dup2(2, 1)  # nothing printed by accident can corrupt the protocol stream
     Receiver(repo_path, pol, key_id, 0, proto_out, timeout=timeout, create=create).run()

@@ -164,7 +164,9 @@ class Connection:
             except (OSError, AttributeError):  # already reaped, or not Linux ≥ 5.3
                 return self.proc.wait(timeout)
             try:
-                if not select.select([fd], [], [], timeout)[0]:
+                poller = select.poll()  # not select(): it cannot take a descriptor past 1023
+                poller.register(fd, select.POLLIN)
+                if not poller.poll(timeout * 1000):
                     raise subprocess.TimeoutExpired(self.argv, timeout)
             finally:
                 os.close(fd)

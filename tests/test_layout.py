@@ -1,0 +1,94 @@
+"""layout.py answers from a repository's files exactly as libostree does, or says "ask libostree"."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import gi
+import pytest
+
+from conftest import ostree
+
+gi.require_version("OSTree", "1.0")
+from gi.repository import Gio, GLib, OSTree  # noqa: E402
+
+from treeship import layout  # noqa: E402
+
+C = "6c5f8cd838693e6888fe3bd78c374f85d7b584f18d9266f6e12cb7d17e470dc5"
+MODES = {int(OSTree.RepoMode.ARCHIVE): "archive", int(OSTree.RepoMode.BARE): "bare",
+         int(OSTree.RepoMode.BARE_USER): "bare-user", int(OSTree.RepoMode.BARE_USER_ONLY): "bare-user-only"}
+
+
+def _libostree_mode(path: Path) -> str | None:
+    repo = OSTree.Repo.new(Gio.File.new_for_path(str(path)))
+    try:
+        repo.open(None)
+    except GLib.Error:
+        return None
+    return MODES[int(repo.get_mode())]
+
+
+@pytest.mark.parametrize("config", [
+    "[core]\nrepo_version=1\nmode=archive-z2\n",
+    "[core]\nrepo_version=1\nmode=bare-user\n",
+    "[core]\nrepo_version=1\n",
+    "[core]\nrepo_version=1\nmode=archive\n\n[remote \"x\"]\nurl=ssh://h/p\n",
+    "[DEFAULT]\nmode=archive\n[core]\nrepo_version=1\n",
+    "[core]\nrepo_version=1\nMode=archive\n",
+    "[core]\nrepo_version=1\nmode: archive\n",
+    "[core]\nrepo_version=1\nmode=archive   \n",
+    "[core]\nrepo_version=1\nmode=bare\nMODE=archive\n",
+    "[core]\nrepo_version=1\n;x\nmode=archive\n",
+    "[core]\nrepo_version=1\nmode = archive\n",
+    "# comment\n[core]\nrepo_version=1\nmode=archive\n",
+])
+def test_mode_is_libostree_s_or_unknown(tmp_path, config):
+    repo = tmp_path / "r"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    (repo / "config").write_text(config)
+    ours = layout.mode(repo)
+    assert ours is None or ours == _libostree_mode(repo)
+
+
+def _heads_case(tmp_path: Path, make) -> Path:
+    repo = tmp_path / "r"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    make(repo / "refs" / "heads")
+    return repo
+
+
+@pytest.mark.parametrize("name, make, expected", [
+    ("plain", lambda h: (h / "main").write_text(C + "\n"), {"main": C}),
+    ("nested", lambda h: ((h / "a" / "b").mkdir(parents=True), (h / "a" / "b" / "c").write_text(C + "\n")),
+     {"a/b/c": C}),
+    ("alias", lambda h: ((h / "main").write_text(C + "\n"), os.symlink("main", h / "stable")),
+     {"main": C, "stable": C}),
+    ("leading space", lambda h: (h / "main").write_text("  " + C + "\n"), None),
+    ("other whitespace", lambda h: (h / "main").write_text(C + "\x1c"), None),
+    ("link to a directory", lambda h: ((h / "real").mkdir(), (h / "real" / "x").write_text(C),
+                                       os.symlink("real", h / "odd")), None),
+    ("fifo", lambda h: ((h / "main").write_text(C + "\n"), os.mkfifo(h / "odd")), None),  # would block a read
+])
+def test_heads_are_what_ostree_wrote_or_unknown(tmp_path, name, make, expected):
+    assert layout.heads(_heads_case(tmp_path, make)) == expected
+
+
+def test_heads_agree_with_libostree_on_a_real_repository(tmp_path, treeship, sample_tree):
+    repo = tmp_path / "r"
+    treeship("init", "--repo", repo)
+    for branch in ("a/x86_64", "a/aarch64", "b"):
+        treeship("release", sample_tree, "--repo", repo, "--branch", branch)
+    lib = OSTree.Repo.new(Gio.File.new_for_path(str(repo)))
+    lib.open(None)
+    assert layout.heads(repo) == dict(lib.list_refs(None, None)[1])
+
+
+def test_has_object_tells_partial_commits_as_libostree_does(tmp_path, treeship, sample_tree):
+    repo = tmp_path / "r"
+    treeship("init", "--repo", repo)
+    commit = treeship("release", sample_tree, "--repo", repo, "--branch", "b", "--json").json()["commit"]
+    assert layout.has_object(repo, commit, "commit")
+    (repo / "state" / f"{commit}.commitpartial").write_text("")
+    assert not layout.has_object(repo, commit, "commit")
+    assert not layout.has_object(repo, "0" * 64, "file")
