@@ -1,4 +1,4 @@
-"""The fast `treeship receive` entry (treeship/entry.py) stays in step with the click command."""
+"""The fast `treeship receive` / `treeship push` entry (treeship/entry.py) stays in step with the click commands."""
 
 from __future__ import annotations
 
@@ -11,15 +11,17 @@ import pytest
 from treeship import cli, entry
 
 
-def test_fast_parser_knows_every_receive_option():
-    command = cli.cli.commands["receive"]
-    options = {o for p in command.params if isinstance(p, click.Option) for o in p.opts}
-    flags = {o for p in command.params if isinstance(p, click.Option) and p.is_flag for o in p.opts}
-    assert options - {"--help"} == set(entry.RECEIVE_OPTIONS) | set(entry.RECEIVE_FLAGS)
-    assert flags == set(entry.RECEIVE_FLAGS)
-    names = {p.name for p in command.params}
-    assert set(entry.RECEIVE_OPTIONS.values()) | set(entry.RECEIVE_FLAGS.values()) == names
-
+@pytest.mark.parametrize("name, options, flags, arguments", [
+    ("receive", entry.RECEIVE_OPTIONS, entry.RECEIVE_FLAGS, set()),
+    ("push", entry.PUSH_OPTIONS, entry.PUSH_FLAGS, {"remote_name", "branches"}),
+])
+def test_fast_parsers_know_every_option_of_their_command(name, options, flags, arguments):
+    command = cli.cli.commands[name]
+    click_options = {o for p in command.params if isinstance(p, click.Option) for o in p.opts}
+    click_flags = {o for p in command.params if isinstance(p, click.Option) and p.is_flag for o in p.opts}
+    assert click_options - {"--help"} == set(options) | set(flags)
+    assert click_flags == set(flags)
+    assert set(options.values()) | set(flags.values()) | arguments == {p.name for p in command.params}
 
 PLAIN = [
     ["receive", "--repo", "/srv/r", "--key-id", "alice", "--config=/etc/p.toml"],
@@ -77,14 +79,6 @@ PLAIN_PUSH = [
     ["push", "--ssh-command=ssh -i k", "--receive-command", "/opt/treeship", "--delta", "r", "b"],
     ["push", "r", "--repo=/x", "b"],  # options between arguments, as click takes them
 ]
-
-
-def test_fast_push_parser_knows_every_push_option():
-    command = cli.cli.commands["push"]
-    options = {o for p in command.params if isinstance(p, click.Option) for o in p.opts}
-    flags = {o for p in command.params if isinstance(p, click.Option) and p.is_flag for o in p.opts}
-    assert options - {"--help"} == set(entry.PUSH_OPTIONS) | set(entry.PUSH_FLAGS)
-    assert flags == set(entry.PUSH_FLAGS)
 
 
 @pytest.mark.parametrize("argv", PLAIN_PUSH)
