@@ -82,10 +82,10 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
     target = resolve_remote(repo_path, remote)
     conn = connect(receive_argv(target, ssh_command=ssh_command, receive_command=receive_command,
                                 create=target.kind == "local"))
+    trace.mark("pusher: receiver process started (ssh or local)")
     try:
         from ..repo import Repo
 
-        trace.mark("pusher: ssh started")
         repo = Repo.open(repo_path)
         heads = {b: repo.require(b) for b in branches}
         trace.mark("pusher: libostree loaded")
