@@ -560,3 +560,41 @@ def test_an_up_to_date_branch_whose_local_copy_is_incomplete_is_still_up_to_date
     r = push(treeship, local, srv, BRANCH)
 
     assert r.json()["refs"][0]["status"] == "uptodate" and refs(srv.repo) == {BRANCH: commit}
+
+
+FAKE_RECEIVER = r'''
+import json, os, sys
+sys.path.insert(0, {src!r})
+from treeship.transfer import wire
+r, w = wire.Reader(0, timeout=20), wire.Writer(1)
+r.expect(wire.HELLO)
+w.send_json(wire.HELLO, {{"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION, "refs": {{}}, "capabilities": []}})
+w.flush()
+updates = r.expect(wire.UPDATE).json()["updates"]
+query = r.read()  # before any PREFLIGHT: a pusher that waited for one would never get here
+if query.type != wire.QUERY:
+    sys.exit(3)
+w.send_json(wire.PREFLIGHT, {{"refs": [dict(u, status="ok", reason="") for u in updates]}})
+w.send_json(wire.MISSING, {{"objects": []}})
+w.flush()
+r.expect(wire.FINISH)
+w.send_json(wire.STATUS, {{"refs": [dict(u, status="ok", reason="") for u in updates]}})
+w.flush()
+'''
+
+
+def test_the_query_goes_out_with_the_update_not_a_round_trip_later(treeship, tmp_path):
+    """One round trip less per push: the pusher asks which objects are missing before PREFLIGHT comes."""
+    local = tmp_path / "local"
+    release(treeship, write_tree(tmp_path / "tree"), local)
+    fake = tmp_path / "fake_receiver.py"
+    fake.write_text(FAKE_RECEIVER.format(src=str(Path(__file__).resolve().parents[1] / "src")))
+    ssh = tmp_path / "fake-ssh"
+    ssh.write_text(f"#!/bin/sh\nexec {sys.executable} {fake}\n")
+    ssh.chmod(0o755)
+
+    r = treeship("push", "--repo", local, "--ssh-command", str(ssh), "ssh://nowhere/srv/r", BRANCH, "--json",
+                 rc=None)
+
+    assert r.returncode == 0, r.stderr
+    assert r.json()["refs"][0]["status"] == "ok"
