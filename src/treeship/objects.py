@@ -17,7 +17,7 @@ import os
 import stat
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import StorageError, TransferError
@@ -27,6 +27,7 @@ try:  # ISA-L inflates the same raw deflate about 2.5x faster than zlib (docs/pe
 except ImportError:  # a platform without its wheel: the standard library's zlib, same API
     import zlib as _inflate  # type: ignore[no-redef]
 
+SPILL_SIZE = 4 << 20  # a received object larger than this goes to a file, not memory
 _MODE_BITS = stat.S_IFMT(0o170000) | 0o7777  # what ostree_validate_structureof_file_mode allows besides the type
 
 
@@ -91,6 +92,33 @@ class ObjectStore:
         """Check a received content object, then make it visible."""
         verify_content(src, checksum, max_size)
         self.place(src, checksum, "filez")
+
+
+def collect(chunks: Iterable[bytes], limit: int, spill: Path, what: str) -> bytes | Path:
+    """An object's bytes from its chunks: in memory, or in the file ``spill`` once past
+    SPILL_SIZE, so memory stays bounded whatever its size; TransferError past ``limit``."""
+    held: list[bytes] = []
+    size = 0
+    out = None
+    try:
+        for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise TransferError(f"{what} exceeds the limit of {limit} bytes")
+            if out is not None:
+                out.write(chunk)
+                continue
+            held.append(chunk)
+            if size > SPILL_SIZE:
+                out = open(spill, "wb")  # noqa: SIM115 - closed below
+                out.writelines(held)
+                held = []
+    finally:
+        if out is not None:
+            out.close()
+    if out is not None:
+        return spill
+    return b"".join(held) if len(held) != 1 else held[0]
 
 
 def verify_content(src: bytes | Path, checksum: str, max_size: int | None = None) -> None:

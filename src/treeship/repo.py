@@ -284,14 +284,11 @@ class Repo:
     def is_repo(path: str | os.PathLike[str]) -> bool:
         return layout.is_repo(path)
 
-    @property
-    def mode(self) -> str:
-        return _MODE_NAMES.get(self._repo.get_mode(), "unknown")
-
     @cached_property
-    def cached_mode(self) -> str:
-        """The mode, asked once: it does not change while a repository is open."""
-        return self.mode
+    def mode(self) -> str:
+        """Asked once: a repository's mode does not change while it is open (and objects'
+        paths, on a push's hot path, depend on it)."""
+        return _MODE_NAMES.get(self._repo.get_mode(), "unknown")
 
     @property
     def collection_id(self) -> str | None:
@@ -744,7 +741,7 @@ class Repo:
     def object_relpath(self, checksum: str, objtype: int) -> str:
         """Where an object lives under objects/ (archive repos store content as .filez)."""
         ext = _OBJ_EXT[objtype]
-        if objtype == OSTree.ObjectType.FILE and self.cached_mode == "archive":
+        if objtype == OSTree.ObjectType.FILE and self.mode == "archive":
             ext = "filez"
         return f"{checksum[:2]}/{checksum[2:]}.{ext}"
 
@@ -868,7 +865,7 @@ class Repo:
 
     def place_object(self, src: bytes | Path, checksum: str, objtype: int) -> None:
         """Make a verified object visible under objects/, as received (see ObjectStore.place)."""
-        mode = self.cached_mode
+        mode = self.mode
         if mode != "archive":
             raise RepoError(f"{self.path}: receiving needs an archive-mode repository, this one is {mode}")
         self.store.place(src, checksum, "filez" if objtype == OSTree.ObjectType.FILE else _OBJ_EXT[objtype])

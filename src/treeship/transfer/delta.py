@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TransferError, TreeshipError
+from ..objects import collect
 from . import wire
 
 if TYPE_CHECKING:
@@ -68,7 +69,6 @@ MAX_PART = 512 << 20  # one part, decompressed (libostree makes parts of ~32 MB)
 MAX_FILES = 100_000
 KEEPALIVE = 20.0  # seconds between pings while the pusher generates (less if the receiver's idle timeout is short)
 CHILD_TIMEOUT = 3600.0
-SPILL_SIZE = 4 << 20
 
 _FILE, _DIRTREE, _DIRMETA = 1, 2, 3  # OSTree object types a part may write
 _OP_SPLICE, _OP_OPEN, _OP_WRITE, _OP_SOURCE, _OP_UNSOURCE, _OP_CLOSE, _OP_BSPATCH = b"SowrRcB"
@@ -475,30 +475,12 @@ def _import(rx: Receiver, target: Repo, d: Path, produced: dict[str, int], pool:
 
 def _read_archive(target: Repo, csum: str, objtype: int, spill: Path, limit: int) -> bytes | Path:
     """One object of the temporary repository in archive form: in memory, or in ``spill`` when large."""
-    chunks: list[bytes] = []
-    size = 0
-    out = None
     try:
-        for chunk in target.read_object_chunks(csum, objtype, wire.CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise TransferError(f"object {csum} exceeds the limit of {limit} bytes")
-            if out is not None:
-                out.write(chunk)
-                continue
-            chunks.append(chunk)
-            if size > SPILL_SIZE:
-                out = open(spill, "wb")  # noqa: SIM115 - closed below
-                out.writelines(chunks)
-                chunks = []
+        return collect(target.read_object_chunks(csum, objtype, wire.CHUNK), limit, spill, f"object {csum}")
     except TreeshipError:
         raise
     except Exception:  # noqa: BLE001 - OSError or GLib.Error: it is not in the temporary repository
         raise TransferError(f"static delta: it did not produce object {csum}") from None
-    finally:
-        if out is not None:
-            out.close()
-    return spill if out is not None else b"".join(chunks)
 
 
 # -- the child process that runs libostree on the delta ---------------------------------------

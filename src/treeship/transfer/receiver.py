@@ -38,7 +38,6 @@ OBJECT_TYPES = wire.OBJECT_TYPES
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")  # not "$": it matches before a final "\n"
 _TYPE_NAMES = {int(v): k for k, v in OBJECT_TYPES.items()}
 MAX_COMMITMETA = 16 << 20
-SPILL_SIZE = 4 << 20  # objects larger than this go to a temp file, not memory
 MAX_IN_FLIGHT = 16 << 20  # bytes of received objects queued for verification in memory
 INLINE_BELOW = 256 << 10  # objects smaller than this are checked by the reading thread itself (_Verifier)
 LOCK_NAME = ".treeship-receive.lock"
@@ -437,7 +436,7 @@ class Receiver:
             yield frame.payload
 
     def _read_object(self, frame: wire.Frame, tmp: Path, n: int) -> tuple[str, int, bytes | Path]:
-        """One object's bytes: in memory, or spilled to a file past SPILL_SIZE."""
+        """One object's bytes: in memory, or spilled to a file past objects.SPILL_SIZE."""
         if len(frame.payload) != 33:
             raise TransferError("protocol error: malformed OBJECT frame")
         objtype = frame.payload[0]
@@ -445,29 +444,11 @@ class Receiver:
             raise TransferError(f"protocol error: unknown object type {objtype}")
         csum = frame.payload[1:].hex()
         limit = MAX_COMMITMETA if _TYPE_NAMES[objtype] == "commitmeta" else self.policy.max_object_size
-        chunks: list[bytes] = []
-        size = 0
-        spill = None
-        try:
-            for payload in self.data_chunks(f"object {csum}"):
-                size += len(payload)
-                if size > limit:
-                    raise TransferError(f"object {csum}.{_TYPE_NAMES[objtype]} exceeds the limit of {limit} bytes")
-                if spill is not None:
-                    spill.write(payload)
-                    continue
-                chunks.append(payload)
-                if size > SPILL_SIZE:
-                    path = tmp / f"{n}.{_TYPE_NAMES[objtype]}"
-                    spill = open(path, "wb")  # noqa: SIM115 - closed below
-                    spill.writelines(chunks)
-                    chunks = []
-        finally:
-            if spill is not None:
-                spill.close()
-        if spill is not None:
-            return csum, objtype, Path(spill.name)
-        return csum, objtype, b"".join(chunks) if len(chunks) != 1 else chunks[0]
+        from ..objects import collect  # here: a no-op push does without objects.py (and ISA-L)
+
+        name = _TYPE_NAMES[objtype]
+        data = collect(self.data_chunks(f"object {csum}"), limit, tmp / f"{n}.{name}", f"object {csum}.{name}")
+        return csum, objtype, data
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
