@@ -1,4 +1,4 @@
-"""Content objects checked without libostree (treeship/objects.py) agree with libostree.
+"""Objects read without libostree (treeship/objects.py) are read as libostree reads them.
 
 Objects are made by the real `ostree commit`; each is checked by objects.verify_content,
 and headers altered in ways only libostree's own check could judge must be judged alike.
@@ -11,6 +11,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import ostree
 from treeship import objects
@@ -80,3 +82,102 @@ def test_altered_modes_are_judged_as_libostree_judges_them(archive_objects, mode
 def _header(data: bytes) -> tuple[bytes, int]:
     hb = data[8:8 + int.from_bytes(data[:4], "big")]
     return hb, struct.unpack_from(">I", hb, 16)[0]
+
+
+# -- dirtrees read without GLib (objects.parse_dirtree) -------------------------------------------
+
+_DIRTREE = "(a(say)a(sayay))"
+
+
+def _glib_dirtree(data: bytes) -> tuple[list[tuple[bytes, str]], list[tuple[bytes, str, str]]] | None:
+    """What GLib reads in ``data``; None where it is no dirtree: not in normal form, or
+    with a checksum that is not 32 bytes (as ostree_validate_structureof_dirtree says)."""
+    from gi.repository import GLib
+
+    v = GLib.Variant.new_from_bytes(GLib.VariantType.new(_DIRTREE), GLib.Bytes.new(data), False)
+    if not v.is_normal_form():
+        return None
+    files, dirs = v.get_child_value(0), v.get_child_value(1)
+
+    def name(e: object) -> bytes:
+        return bytes(e.get_child_value(0).get_data_as_bytes().get_data())[:-1]  # without its NUL
+
+    def hexsum(e: object, i: int) -> str:
+        return bytes(e.get_child_value(i).get_data_as_bytes().get_data() or b"").hex()
+
+    entries = ([(name(e), hexsum(e, 1)) for e in map(files.get_child_value, range(files.n_children()))],
+               [(name(e), hexsum(e, 1), hexsum(e, 2)) for e in map(dirs.get_child_value, range(dirs.n_children()))])
+    if any(len(c) != 64 for f in entries[0] for c in f[1:]) or any(len(c) != 64 for d in entries[1] for c in d[1:]):
+        return None
+    return entries
+
+
+def test_dirtrees_ostree_wrote_read_as_glib_reads_them(tmp_path: Path):
+    """Names of every length and script, and directories big enough for 1-, 2- and 4-byte framing offsets."""
+    tree = tmp_path / "tree"
+    (tree / "small").mkdir(parents=True)
+    (tree / "small" / "é€𝄞 name").write_bytes(b"x")
+    (tree / "medium").mkdir()
+    for i in range(40):
+        (tree / "medium" / f"f{i:03d}").write_bytes(bytes([i]))
+    (tree / "large" / "sub").mkdir(parents=True)
+    for i in range(2500):
+        (tree / "large" / f"{'n' * 200}{i:05d}").write_bytes(b"")
+    (tree / "empty").mkdir()
+    repo = tmp_path / "repo"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    ostree("commit", f"--repo={repo}", "--branch=t", str(tree))
+    sizes = set()
+    for path in repo.glob("objects/*/*.dirtree"):
+        data = path.read_bytes()
+        sizes.add(objects._gvariant_offset_size(len(data)))
+        assert objects.parse_dirtree(data) == _glib_dirtree(data), path
+    assert sizes >= {1, 2, 4}
+
+
+@given(st.binary(max_size=400))
+@settings(max_examples=2000, deadline=None)
+def test_parse_dirtree_fuzzed(data: bytes):
+    """Any bytes: ValueError or entries, never another exception; where GLib reads a dirtree
+    in normal form, the same entries."""
+    try:
+        ours = objects.parse_dirtree(data)
+    except ValueError:
+        ours = None
+    glib = _glib_dirtree(data)
+    if glib is not None:
+        assert ours == glib
+
+
+_names = st.binary(min_size=1, max_size=300).filter(lambda b: b"\0" not in b)  # GLib strings hold no NUL
+
+
+@st.composite
+def _dirtree_bytes(draw: st.DrawFn) -> bytes:
+    """A dirtree GLib serializes, from drawn entries, then perhaps one byte altered or cut."""
+    from gi.repository import GLib
+
+    csum = st.binary(min_size=32, max_size=32)
+    files = draw(st.lists(st.tuples(_names.map(lambda b: b.decode("latin-1")), csum), max_size=12))
+    dirs = draw(st.lists(st.tuples(_names.map(lambda b: b.decode("latin-1")), csum, csum), max_size=6))
+    v = GLib.Variant(_DIRTREE, ([(n, list(c)) for n, c in files], [(n, list(t), list(m)) for n, t, m in dirs]))
+    data = bytearray(v.get_data_as_bytes().get_data() or b"\0")
+    how = draw(st.sampled_from(["keep", "flip", "cut"]))
+    if how == "flip":
+        i = draw(st.integers(0, len(data) - 1))
+        data[i] ^= draw(st.integers(1, 255))
+    elif how == "cut":
+        del data[draw(st.integers(0, len(data) - 1)):]
+    return bytes(data)
+
+
+@given(_dirtree_bytes())
+@settings(max_examples=600, deadline=None)
+def test_parse_dirtree_agrees_on_real_and_altered_dirtrees(data: bytes):
+    try:
+        ours = objects.parse_dirtree(data)
+    except ValueError:
+        ours = None
+    glib = _glib_dirtree(data)
+    if glib is not None:
+        assert ours == glib

@@ -770,9 +770,9 @@ class Repo:
     def _tree_objects(self, commit: str, strict: bool = True) -> Iterator[tuple[str, int]]:
         """(checksum, type) of the dirtrees, dirmetas and files under a commit, each dirtree once.
 
-        Our own walk over the serialized variants (``get_child_value``, not ``unpack()``,
-        which is slow): libostree's ``traverse_commit`` takes 3x as long and, on a commit
-        marked partial, silently skips missing dirtrees. Raises _MissingTree (if ``strict``).
+        Our own walk, dirtrees read by :func:`objects.parse_dirtree`: libostree's
+        ``traverse_commit`` takes several times as long and, on a commit marked partial,
+        silently skips missing dirtrees. Raises _MissingTree (if ``strict``).
         """
         try:
             v = self._commit_variant(commit)
@@ -791,40 +791,90 @@ class Repo:
             if tree in trees:
                 continue
             trees.add(tree)
-            try:
-                _, tv = self._repo.load_variant(OSTree.ObjectType.DIR_TREE, tree)
-            except GLib.Error:
+            entries = self._dirtree_entries(tree)
+            if entries is None:
                 if strict:
-                    raise _MissingTree(tree) from None
+                    raise _MissingTree(tree)
                 continue
             yield tree, tree_t
-            files, dirs = tv.get_child_value(0), tv.get_child_value(1)  # (a(say)a(sayay))
-            for i in range(files.n_children()):
-                yield hexsum(files.get_child_value(i).get_child_value(1)), file_t
-            for i in range(dirs.n_children()):
-                d = dirs.get_child_value(i)
-                stack.append((hexsum(d.get_child_value(1)), hexsum(d.get_child_value(2))))
+            files, dirs = entries
+            for _, csum in files:
+                yield csum, file_t
+            for _, subtree, submeta in dirs:
+                stack.append((subtree, submeta))
+
+    def _dirtree_entries(self, checksum: str) -> tuple[list[tuple[bytes, str]], list[tuple[bytes, str, str]]] | None:
+        """A dirtree's files and subdirectories (see objects.parse_dirtree); None if it is not here."""
+        try:
+            with open(f"{self.path}/objects/{checksum[:2]}/{checksum[2:]}.dirtree", "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            try:  # not in this repository's own objects/: libostree looks in a parent repository too
+                _, tv = self._repo.load_variant(OSTree.ObjectType.DIR_TREE, checksum)
+            except GLib.Error:
+                return None
+            data = bytes(tv.get_data_as_bytes().get_data() or b"")
+        try:
+            return objects.parse_dirtree(data)
+        except ValueError as e:
+            raise RepoError(f"{self.path}: dirtree {checksum}: {e}") from None
+
+    def _complete_commit(self, checksum: str | None) -> bool:
+        """Here, and not marked partial: then its whole tree is here (libostree's own rule, and
+        the receiver's: a commit it receives stays marked partial until its closure is checked)."""
+        return bool(checksum) and self.has_object(checksum, OSTree.ObjectType.COMMIT)
 
     def check_closure(self, commit: str) -> str | None:
         """None when every object the commit's tree needs is here, else what is missing.
 
-        Parents are not part of the closure (OSTree keeps partial history).
+        Parents are not part of the closure (OSTree keeps partial history). Where the
+        commit's parent is complete (see _complete_commit), a directory whose dirtree is the
+        parent's at the same path is complete too, and a file the parent's directory lists
+        under the same name and checksum is here: the walk goes only where the trees
+        differ, so an incremental push checks what changed, not the whole tree.
         """
-        objects = str(self.path / "objects")
-        suffix = {int(OSTree.ObjectType.FILE): "filez" if self.mode == "archive" else "file",
-                  int(OSTree.ObjectType.DIR_META): "dirmeta"}
-        seen: set[str] = set()
+        objects_dir = str(self.path / "objects")
+        file_suffix = "filez" if self.mode == "archive" else "file"
         try:
-            for csum, objtype in self._tree_objects(commit):
-                if objtype in suffix and csum not in seen:
-                    if not os.path.exists(f"{objects}/{csum[:2]}/{csum[2:]}.{suffix[objtype]}"):
-                        kind = "content object" if objtype == int(OSTree.ObjectType.FILE) else "dirmeta"
-                        return f"{kind} {csum} is missing"
-                    seen.add(csum)
+            v = self._commit_variant(commit)
         except RepoError as e:
             return e.message
-        except _MissingTree as e:
-            return f"dirtree {e.checksum} is missing"
+        hexsum = OSTree.checksum_from_bytes_v
+        parent = OSTree.commit_get_parent(v)
+        old_root = None
+        if self._complete_commit(parent):
+            old_root = hexsum(self._commit_variant(parent).get_child_value(6))
+        stack: list[tuple[str, str, str | None]] = [(hexsum(v.get_child_value(6)), hexsum(v.get_child_value(7)),
+                                                     old_root)]
+        seen: set[str] = set()
+        while stack:
+            tree, meta, old = stack.pop()
+            if meta not in seen:
+                if not os.path.exists(f"{objects_dir}/{meta[:2]}/{meta[2:]}.dirmeta"):
+                    return f"dirmeta {meta} is missing"
+                seen.add(meta)
+            if tree == old or tree in seen:
+                continue
+            seen.add(tree)
+            try:
+                entries = self._dirtree_entries(tree)
+                old_entries = self._dirtree_entries(old) if old else None
+            except RepoError as e:
+                return e.message
+            if entries is None:
+                return f"dirtree {tree} is missing"
+            files, dirs = entries
+            old_files: set[tuple[bytes, str]] = set(old_entries[0]) if old_entries else set()
+            old_dirs = {name: subtree for name, subtree, _ in old_entries[1]} if old_entries else {}
+            for entry in files:
+                csum = entry[1]
+                if entry in old_files or csum in seen:
+                    continue
+                if not os.path.exists(f"{objects_dir}/{csum[:2]}/{csum[2:]}.{file_suffix}"):
+                    return f"content object {csum} is missing"
+                seen.add(csum)
+            for name, subtree, submeta in dirs:
+                stack.append((subtree, submeta, old_dirs.get(name)))
         return None
 
     def read_object_chunks(self, checksum: str, objtype: int, chunk: int = 1 << 20) -> Iterator[bytes]:

@@ -1,0 +1,103 @@
+"""Repo.check_closure finds whatever a commit's tree lacks, walking only where the commit
+differs from a complete parent (the receiver checks every pushed commit this way)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ostree
+from treeship.repo import Repo
+
+
+def _object(repo: Path, checksum: str, suffix: str) -> Path:
+    return repo / "objects" / checksum[:2] / f"{checksum[2:]}.{suffix}"
+
+
+def _ls(repo: Path, commit: str, path: str) -> dict[str, str]:
+    """``ostree ls -C``: path → checksum (content, or dirtree for a directory)."""
+    out = ostree("ls", f"--repo={repo}", "-C", "-R", commit, path).stdout
+    listing = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if fields[0].startswith("d"):  # d0755 0 0 0 <tree> <meta> <path>
+            listing[fields[-1]] = fields[4]
+        elif fields[0].startswith("-"):  # -0644 0 0 <size> <checksum> <path>
+            listing[fields[-1]] = fields[4]
+    return listing
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> tuple[Path, str, str]:
+    """Two commits of one branch: ``changed/`` differs between them, ``same/`` does not."""
+    tree = tmp_path / "tree"
+    (tree / "same" / "deep").mkdir(parents=True)
+    (tree / "changed").mkdir()
+    (tree / "same" / "deep" / "kept").write_bytes(b"kept in both")
+    (tree / "same" / "top").write_bytes(b"also in both")
+    (tree / "changed" / "edited").write_bytes(b"first version")
+    (tree / "changed" / "untouched").write_bytes(b"untouched in a changed directory")
+    repo = tmp_path / "repo"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    ostree("commit", f"--repo={repo}", "--branch=b", str(tree))
+    first = ostree("rev-parse", f"--repo={repo}", "b").stdout.strip()
+    (tree / "changed" / "edited").write_bytes(b"second version")
+    (tree / "changed" / "added").write_bytes(b"new in the second")
+    ostree("commit", f"--repo={repo}", "--branch=b", str(tree))
+    second = ostree("rev-parse", f"--repo={repo}", "b").stdout.strip()
+    return repo, first, second
+
+
+def test_complete_commits(history):
+    repo, first, second = history
+    r = Repo.open(repo)
+    assert r.check_closure(first) is None
+    assert r.check_closure(second) is None
+
+
+@pytest.mark.parametrize("name", ["changed/edited", "changed/added"])
+def test_a_missing_object_where_the_commits_differ_is_found(history, name):
+    repo, _, second = history
+    csum = _ls(repo, second, "/")[f"/{name}"]
+    _object(repo, csum, "filez").unlink()
+    assert Repo.open(repo).check_closure(second) == f"content object {csum} is missing"
+
+
+def test_a_missing_dirtree_where_the_commits_differ_is_found(history):
+    repo, _, second = history
+    tree = _ls(repo, second, "/")["/changed"]
+    _object(repo, tree, "dirtree").unlink()
+    assert Repo.open(repo).check_closure(second) == f"dirtree {tree} is missing"
+
+
+def test_a_partial_parent_is_not_relied_on(history):
+    """Marked partial, the parent vouches for nothing: the shared subtree is walked, and a
+    content object missing from it is found."""
+    repo, first, second = history
+    csum = _ls(repo, second, "/")["/same/deep/kept"]
+    _object(repo, csum, "filez").unlink()
+    (repo / "state").mkdir(exist_ok=True)
+    (repo / "state" / f"{first}.commitpartial").write_text("")
+    assert Repo.open(repo).check_closure(second) == f"content object {csum} is missing"
+
+
+def test_an_absent_parent_is_not_relied_on(history, tmp_path):
+    repo, first, second = history
+    csum = _ls(repo, second, "/")["/same/top"]
+    _object(repo, csum, "filez").unlink()
+    _object(repo, first, "commit").unlink()
+    assert Repo.open(repo).check_closure(second) == f"content object {csum} is missing"
+
+
+def test_a_complete_parent_s_shared_subtrees_are_not_walked_again(history):
+    """libostree's rule, which the receiver keeps: a commit not marked partial has its whole
+    tree. So a subtree both commits share is not checked twice (here: not at all, its
+    dirtree gone from under the complete parent, which only a repository broken by hand
+    could show)."""
+    repo, _, second = history
+    shutil.rmtree(repo / "state", ignore_errors=True)
+    tree = _ls(repo, second, "/")["/same/deep"]
+    _object(repo, tree, "dirtree").unlink()
+    assert Repo.open(repo).check_closure(second) is None
