@@ -136,7 +136,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, ed25519_key) -> Scenario:
     # a dry run: the whole push through the proxy (no fault), the receiver under strace
     srv = _fresh(sc, root / "dry")
     trace = root / "dry.trace"
-    prefix = f"{STRACE} -f -qq -o {trace} -e trace=linkat,rename,renameat,unlinkat " if STRACE else ""
+    prefix = f"{STRACE} -f -qq -o {trace} -e trace=linkat,rename,renameat,unlinkat,syncfs " if STRACE else ""
     p, report = _faulted(sc, srv, root / "dry-run", None, None, prefix)
     out = json.loads(p.stdout)
     assert out["ok"] and out["bytes_sent"] == sum(sizes.values()), (out, sum(sizes.values()))
@@ -227,11 +227,11 @@ def _receivers(srv: Path) -> list[int]:
     return pids
 
 
-_CALL = re.compile(r"^(\d+)\s+(linkat|rename|renameat|unlinkat)\((.*)$")
+_CALL = re.compile(r"^(\d+)\s+(linkat|rename|renameat|unlinkat|syncfs)\((.*)$")
 
 
 def _parse_trace(text: str) -> tuple[list[tuple[str, str]], int]:
-    """The receiver's main-thread rename/unlink calls in order, and the most linkat of one thread
+    """The receiver's main-thread rename/unlink/syncfs calls in order, and the most linkat of one thread
     (objects are placed by the reading thread, large ones by a verify thread)."""
     matches = [m for m in map(_CALL.match, text.splitlines()) if m]
     main = min((int(m.group(1)) for m in matches), default=None)  # the main thread's id is the process id
@@ -240,7 +240,7 @@ def _parse_trace(text: str) -> tuple[list[tuple[str, str]], int]:
     for m in matches:
         pid, name, args = int(m.group(1)), m.group(2), m.group(3)
         paths = re.findall(r'"([^"]*)"', args)
-        if pid == main and name in ("rename", "renameat", "unlinkat"):
+        if pid == main and name in ("rename", "renameat", "unlinkat", "syncfs"):
             calls.append((name, paths[-1] if paths else ""))
         if name == "linkat":
             links[pid] = links.get(pid, 0) + 1
@@ -294,6 +294,7 @@ POINTS = [
     # … or at an exact call: placing objects, after the commits landed, between refs, publishing
     Point("receiver-killed-at-first-object-link", "strace", syscall="linkat", nth_link=0.0),
     Point("receiver-killed-mid-object-links", "strace", syscall="linkat", nth_link=0.5),
+    Point("receiver-killed-syncing-objects", "strace", syscall="syncfs", call_match=r"^$"),
     Point("receiver-killed-before-unmarking-partial", "strace", syscall="unlinkat", call_match=r"\.commitpartial$"),
     Point("receiver-killed-merging-signatures", "strace", syscall="renameat", call_match=r"\.commitmeta$"),
     Point("receiver-killed-before-first-ref", "strace", syscall="rename", call_match=r"/refs/heads/.*x86_64$"),
@@ -377,3 +378,17 @@ def test_fault_then_retry(point: Point, scenario: Scenario, tmp_path: Path, figu
     no_session_leftovers(srv)
     view = ostree("summary", "--view", "--repo", srv).stdout
     assert all(f"* {ref}" in view and commit in view for ref, commit in sc.after.items()), view
+
+
+def test_objects_reach_the_disk_before_any_commit_is_complete_or_ref_moves(scenario: Scenario):
+    """Power loss is not simulated here, but its precondition is checked on the dry run's
+    trace: once every object is placed, the receiver flushes the file system (one syncfs,
+    as libostree does) before it unmarks a commit partial or renames a ref in."""
+    if not STRACE:
+        pytest.skip("strace is not installed")
+    calls = scenario.main_calls
+    syncs = [i for i, (name, _) in enumerate(calls) if name == "syncfs"]
+    assert len(syncs) == 1, calls
+    unmark = next(i for i, (name, path) in enumerate(calls) if name == "unlinkat" and path.endswith(".commitpartial"))
+    first_ref = next(i for i, (name, path) in enumerate(calls) if name == "rename" and "/refs/heads/" in path)
+    assert syncs[0] < unmark < first_ref, calls

@@ -241,7 +241,9 @@ class Receiver:
                         repo.place_object(path, csum, commit_type)
             for csum in commits:
                 self.closure[csum] = repo.check_closure(csum)
-                if self.closure[csum] is None:
+            repo.sync()  # on stable storage before a commit is called complete or a ref points at it
+            for csum, missing in self.closure.items():
+                if missing is None:
                     repo.mark_partial(csum, False)
         trace.mark("receiver: closures checked")
         self._move_refs(updates)
