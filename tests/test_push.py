@@ -583,6 +583,52 @@ w.flush()
 '''
 
 
+REFUSING_RECEIVER = r"""
+import fcntl, os, sys
+sys.path.insert(0, {src!r})
+from treeship.transfer import wire
+fcntl.fcntl(0, 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe; the pusher's QUERY cannot fit in it
+
+def frame(ftype):  # exactly one frame, and nothing of the next
+    head = b""
+    while len(head) < 5:
+        head += os.read(0, 5 - len(head))
+    assert head[:1] == ftype, head
+    n, payload = int.from_bytes(head[1:], "big"), b""
+    while len(payload) < n:
+        payload += os.read(0, n - len(payload))
+    return wire.Frame(ftype, payload)
+
+w = wire.Writer(1)
+frame(wire.HELLO)
+w.send_json(wire.HELLO, {{"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION, "refs": {{}}, "capabilities": []}})
+w.flush()
+updates = frame(wire.UPDATE).json()["updates"]
+w.send_json(wire.PREFLIGHT, {{"refs": [dict(u, status="rejected", reason="may not write this branch")
+                                       for u in updates]}})
+w.flush()
+os.close(0)  # it refused everything, and hangs up without reading the QUERY behind the UPDATE
+"""
+
+
+def test_a_receiver_that_refuses_everything_and_hangs_up_is_heard(treeship, tmp_path):
+    """The QUERY that rides behind UPDATE may meet a closed pipe: the receiver said no and
+    left. The pusher reports the refusal (exit 10), not the broken pipe."""
+    local = tmp_path / "local"
+    release(treeship, write_tree(tmp_path / "tree", n=200), local)
+    fake = tmp_path / "refusing_receiver.py"
+    fake.write_text(REFUSING_RECEIVER.format(src=str(Path(__file__).resolve().parents[1] / "src")))
+    ssh = tmp_path / "fake-ssh"
+    ssh.write_text(f"#!/bin/sh\nexec {sys.executable} {fake}\n")
+    ssh.chmod(0o755)
+
+    r = treeship("push", "--repo", local, "--ssh-command", str(ssh), "ssh://nowhere/srv/r", BRANCH, "--json",
+                 rc=None)
+
+    assert r.returncode == 10, r.stderr
+    assert_rejected(r, BRANCH, "may not write this branch")
+
+
 def test_the_query_goes_out_with_the_update_not_a_round_trip_later(treeship, tmp_path):
     """One round trip less per push: the pusher asks which objects are missing before PREFLIGHT comes."""
     local = tmp_path / "local"

@@ -306,8 +306,13 @@ def _ask(writer: wire.Writer, objects: list[tuple[str, int]]) -> _Asked | None:
     if len(objects) > QUERY_BATCH:
         return None
     names = [f"{c}.{_TYPE_NAMES[t]}" for c, t in objects]
-    writer.send_json(wire.QUERY, {"objects": names})
-    writer.flush()
+    try:
+        writer.send_json(wire.QUERY, {"objects": names})
+        writer.flush()
+    except TransferError:
+        # A receiver that refused every ref answers PREFLIGHT and hangs up without reading
+        # this: its answer is in the pipe. (One that is really gone is found out reading it.)
+        return None
     return _Asked(names)
 
 
