@@ -94,9 +94,11 @@ class ObjectStore:
         self.place(src, checksum, "filez")
 
 
-def collect(chunks: Iterable[bytes], limit: int, spill: Path, what: str) -> bytes | Path:
+def collect(chunks: Iterable[bytes], limit: int, spill: str | Path, what: str) -> bytes | Path:
     """An object's bytes from its chunks: in memory, or in the file ``spill`` once past
-    SPILL_SIZE, so memory stays bounded whatever its size; TransferError past ``limit``."""
+    SPILL_SIZE (returned as a Path), so memory stays bounded whatever its size;
+    TransferError past ``limit``. (``spill`` may be a plain string: a Path per object
+    costs a push of thousands of small objects more than it is worth.)"""
     held: list[bytes] = []
     size = 0
     out = None
@@ -117,7 +119,7 @@ def collect(chunks: Iterable[bytes], limit: int, spill: Path, what: str) -> byte
         if out is not None:
             out.close()
     if out is not None:
-        return spill
+        return Path(spill)
     return b"".join(held) if len(held) != 1 else held[0]
 
 

@@ -449,7 +449,7 @@ class Receiver:
         from ..objects import collect  # here: a no-op push does without objects.py (and ISA-L)
 
         name = _TYPE_NAMES[objtype]
-        data = collect(self.data_chunks(f"object {csum}"), limit, tmp / f"{n}.{name}", f"object {csum}.{name}")
+        data = collect(self.data_chunks(f"object {csum}"), limit, f"{tmp}/{n}.{name}", f"object {csum}.{name}")
         return csum, objtype, data
 
     @contextmanager

@@ -109,7 +109,8 @@ class Reader:
             raise TransferError(f"protocol error: frame {ftype!r} of {length} bytes exceeds {limit}")
         self._fill(_HEADER.size + length)
         start = self._pos + _HEADER.size
-        payload = bytes(self._buf[start:start + length])
+        with memoryview(self._buf) as view:  # one copy (a bytearray slice, then bytes(), made two)
+            payload = view[start:start + length].tobytes()
         self._pos = start + length
         return Frame(ftype, payload)
 
