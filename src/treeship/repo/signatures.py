@@ -1,0 +1,158 @@
+"""Signatures: a commit's detached metadata (read, appended to, merged from a received
+``.commitmeta``), and GPG signing and verifying, of commits and of arbitrary data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import RepoError, SigningError, TransferError
+from .core import Gio, GLib, OSTree, _Core, _from_variant, _storage_error
+
+
+@dataclass
+class GpgSignature:
+    """One GPG signature of a commit as libostree's verifier reports it."""
+
+    fingerprint: str
+    user: str
+    valid: bool
+    key_missing: bool
+    problem: str | None = None
+
+
+def _gpg_signatures(result: OSTree.GpgVerifyResult) -> list[GpgSignature]:
+    A = OSTree.GpgSignatureAttr
+    attrs = [A.VALID, A.FINGERPRINT, A.USER_NAME, A.USER_EMAIL, A.KEY_MISSING,
+             A.SIG_EXPIRED, A.KEY_EXPIRED, A.KEY_REVOKED]
+    sigs = []
+    for i in range(result.count_all()):
+        valid, fpr, name, email, missing, sig_exp, key_exp, revoked = result.get(i, attrs).unpack()
+        problem = None
+        if missing:
+            problem = "public key not in the given keyring"
+        elif revoked:
+            problem = "key revoked"
+        elif key_exp:
+            problem = "key expired"
+        elif sig_exp:
+            problem = "signature expired"
+        elif not valid:
+            problem = "BAD signature"
+        user = f"{name} <{email}>" if email else name
+        sigs.append(GpgSignature(fingerprint=fpr, user=user, valid=bool(valid), key_missing=bool(missing),
+                                 problem=problem))
+    return sigs
+
+
+class _Signatures(_Core):
+    """Detached metadata and GPG."""
+
+    def detached_metadata(self, checksum: str) -> dict[str, Any]:
+        try:
+            _, v = self._repo.read_commit_detached_metadata(checksum, None)
+        except GLib.Error as e:
+            raise RepoError(f"commit {checksum}: cannot read signatures: {e.message}") from None
+        if v is None:
+            return {}
+        out: dict[str, Any] = {}
+        for i in range(v.n_children()):
+            entry = v.get_child_value(i)
+            key = entry.get_child_value(0).get_string()
+            val = entry.get_child_value(1).get_variant()
+            if val.get_type_string() == "aay":
+                out[key] = [bytes(val.get_child_value(j).get_data_as_bytes().get_data() or b"")
+                            for j in range(val.n_children())]
+            else:
+                out[key] = _from_variant(val)
+        return out
+
+    def _raw_detached(self, checksum: str) -> dict[str, GLib.Variant]:
+        _, v = self._repo.read_commit_detached_metadata(checksum, None)
+        if v is None:
+            return {}
+        return {v.get_child_value(i).get_child_value(0).get_string():
+                v.get_child_value(i).get_child_value(1).get_variant() for i in range(v.n_children())}
+
+    def append_detached_signatures(self, checksum: str, key: str, signatures: list[bytes]) -> None:
+        """Add raw signatures under ``key`` (type ``aay``), keeping every other entry."""
+        entries = self._raw_detached(checksum)
+        old = entries.get(key)
+        existing: list[bytes] = []
+        if old is not None:
+            existing = [bytes(old.get_child_value(j).get_data_as_bytes().get_data() or b"")
+                        for j in range(old.n_children())]
+        merged = existing + [s for s in signatures if s not in existing]
+        entries[key] = GLib.Variant("aay", merged)
+        try:
+            self._repo.write_commit_detached_metadata(checksum, GLib.Variant("a{sv}", entries), None)
+        except GLib.Error as e:
+            raise _storage_error(e, f"writing signatures of {checksum}") from None
+
+    @staticmethod
+    def parse_signatures(commit: str, data: bytes) -> dict[str, list[bytes]]:
+        """The signatures (``aay`` entries) of a received .commitmeta; TransferError if malformed."""
+        try:
+            v = GLib.Variant.new_from_bytes(GLib.VariantType.new("a{sv}"), GLib.Bytes.new(data), False)
+            if not v.is_normal_form():
+                raise TransferError(f"{commit}.commitmeta: not in normal form")
+            incoming = {v.get_child_value(i).get_child_value(0).get_string():
+                        v.get_child_value(i).get_child_value(1).get_variant() for i in range(v.n_children())}
+        except GLib.Error as e:
+            raise TransferError(f"{commit}.commitmeta: malformed: {e.message}") from None
+        return {key: [bytes(val.get_child_value(j).get_data_as_bytes().get_data() or b"")
+                      for j in range(val.n_children())]
+                for key, val in incoming.items() if val.get_type_string() == "aay"}
+
+    def merge_detached_signatures(self, commit: str, data: bytes) -> None:
+        """Add the signatures of a received .commitmeta to the commit's own, never dropping any."""
+        for key, sigs in self.parse_signatures(commit, data).items():
+            self.append_detached_signatures(commit, key, sigs)
+
+    # -- GPG (libostree's own code, so `ostree` agrees by construction) -----------------------
+
+    def gpg_sign(self, checksum: str, key_id: str, homedir: str | None) -> None:
+        try:
+            self._repo.sign_commit(checksum, key_id, homedir, None)
+        except GLib.Error as e:
+            raise SigningError(f"GPG signing with key {key_id!r} failed: {e.message}") from None
+
+    def gpg_verify(self, checksum: str, keyring_dir: str | None, keyring_file: str | None) -> list[GpgSignature]:
+        """Every GPG signature on the commit, checked against the given keyrings only."""
+        if not self.detached_metadata(checksum).get("ostree.gpgsigs"):
+            return []
+        d = Gio.File.new_for_path(keyring_dir) if keyring_dir else None
+        f = Gio.File.new_for_path(keyring_file) if keyring_file else None
+        try:
+            result = self._repo.verify_commit_ext(checksum, d, f, None)
+        except GLib.Error as e:
+            raise RepoError(f"commit {checksum}: GPG verification could not run: {e.message}") from None
+        return _gpg_signatures(result)
+
+    def gpg_sign_data(self, data: bytes, key_id: str, homedir: str | None) -> bytes:
+        """A binary OpenPGP detached signature over ``data`` (``gpg --verify SIG DATA`` checks it)."""
+        empty = GLib.Variant("a{sv}", {}).get_data_as_bytes()
+        try:
+            _, out = self._repo.gpg_sign_data(GLib.Bytes.new(data), empty, [key_id], homedir, None)
+        except GLib.Error as e:
+            raise SigningError(f"GPG signing with key {key_id!r} failed: {e.message}") from None
+        # libostree returns an a{sv} holding the signatures under ostree.gpgsigs (aay)
+        v = GLib.Variant.new_from_bytes(GLib.VariantType.new("a{sv}"), out, False)
+        sigs = v.lookup_value("ostree.gpgsigs", GLib.VariantType.new("aay"))
+        if sigs is None or sigs.n_children() != 1:
+            raise SigningError(f"GPG signing with key {key_id!r} produced no signature")
+        return bytes(sigs.get_child_value(0).get_data_as_bytes().get_data() or b"")
+
+    def gpg_verify_data(self, data: bytes, signature: bytes, keyring_dir: str | None,
+                        keyring_file: str | None) -> list[GpgSignature]:
+        """Check a detached OpenPGP signature over ``data`` against the given keyrings only.
+
+        Raises RepoError when the signature bytes are not OpenPGP data at all.
+        """
+        d = Gio.File.new_for_path(keyring_dir) if keyring_dir else None
+        f = Gio.File.new_for_path(keyring_file) if keyring_file else None
+        try:
+            result = self._repo.gpg_verify_data(None, GLib.Bytes.new(data), GLib.Bytes.new(signature), d, f, None)
+        except GLib.Error as e:
+            raise RepoError(f"GPG verification could not run: {e.message}") from None
+        return _gpg_signatures(result)
