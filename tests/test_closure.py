@@ -29,6 +29,12 @@ def _ls(repo: Path, commit: str, path: str) -> dict[str, str]:
     return listing
 
 
+def _entry(repo: Path, commit: str, path: str) -> str:
+    listing = _ls(repo, commit, "/")
+    assert path in listing, (path, listing)  # says what `ostree ls` printed, should it ever not list it
+    return listing[path]
+
+
 @pytest.fixture
 def history(tmp_path: Path) -> tuple[Path, str, str]:
     """Two commits of one branch: ``changed/`` differs between them, ``same/`` does not."""
@@ -60,14 +66,14 @@ def test_complete_commits(history):
 @pytest.mark.parametrize("name", ["changed/edited", "changed/added"])
 def test_a_missing_object_where_the_commits_differ_is_found(history, name):
     repo, _, second = history
-    csum = _ls(repo, second, "/")[f"/{name}"]
+    csum = _entry(repo, second, f"/{name}")
     _object(repo, csum, "filez").unlink()
     assert Repo.open(repo).check_closure(second) == f"content object {csum} is missing"
 
 
 def test_a_missing_dirtree_where_the_commits_differ_is_found(history):
     repo, _, second = history
-    tree = _ls(repo, second, "/")["/changed"]
+    tree = _entry(repo, second, "/changed")
     _object(repo, tree, "dirtree").unlink()
     assert Repo.open(repo).check_closure(second) == f"dirtree {tree} is missing"
 
@@ -76,7 +82,7 @@ def test_a_partial_parent_is_not_relied_on(history):
     """Marked partial, the parent vouches for nothing: the shared subtree is walked, and a
     content object missing from it is found."""
     repo, first, second = history
-    csum = _ls(repo, second, "/")["/same/deep/kept"]
+    csum = _entry(repo, second, "/same/deep/kept")
     _object(repo, csum, "filez").unlink()
     (repo / "state").mkdir(exist_ok=True)
     (repo / "state" / f"{first}.commitpartial").write_text("")
@@ -85,7 +91,7 @@ def test_a_partial_parent_is_not_relied_on(history):
 
 def test_an_absent_parent_is_not_relied_on(history, tmp_path):
     repo, first, second = history
-    csum = _ls(repo, second, "/")["/same/top"]
+    csum = _entry(repo, second, "/same/top")
     _object(repo, csum, "filez").unlink()
     _object(repo, first, "commit").unlink()
     assert Repo.open(repo).check_closure(second) == f"content object {csum} is missing"
@@ -98,6 +104,6 @@ def test_a_complete_parent_s_shared_subtrees_are_not_walked_again(history):
     could show)."""
     repo, _, second = history
     shutil.rmtree(repo / "state", ignore_errors=True)
-    tree = _ls(repo, second, "/")["/same/deep"]
+    tree = _entry(repo, second, "/same/deep")
     _object(repo, tree, "dirtree").unlink()
     assert Repo.open(repo).check_closure(second) is None

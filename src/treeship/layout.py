@@ -5,7 +5,7 @@ push costs above ``ssh host true``. The first exchanges of a push need only refs
 repository's mode and whether the published summary is current: small files in OSTree's
 stable on-disk layout (``refs/heads/BRANCH`` holds a checksum, ``config`` is a key file).
 Everything here answers exactly or says "don't know" (None), and the caller then asks
-libostree through :mod:`treeship.repo`, which stays the only module that loads it.
+libostree through :mod:`treeship.repo`, which stays the only package that loads it.
 """
 
 from __future__ import annotations
