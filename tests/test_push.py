@@ -611,19 +611,24 @@ os.close(0)  # it refused everything, and hangs up without reading the QUERY beh
 """
 
 
-def test_a_receiver_that_refuses_everything_and_hangs_up_is_heard(treeship, tmp_path):
-    """The QUERY that rides behind UPDATE may meet a closed pipe: the receiver said no and
-    left. The pusher reports the refusal (exit 10), not the broken pipe."""
+def _push_to_fake(treeship, tmp_path: Path, script: str, files: int = 40):
+    """A push of a fresh release to ``script`` (a Python source, ``{src}`` formatted in),
+    run in place of ``ssh HOST treeship receive``."""
     local = tmp_path / "local"
-    release(treeship, write_tree(tmp_path / "tree", n=200), local)
-    fake = tmp_path / "refusing_receiver.py"
-    fake.write_text(REFUSING_RECEIVER.format(src=str(Path(__file__).resolve().parents[1] / "src")))
+    release(treeship, write_tree(tmp_path / "tree", n=files), local)
+    fake = tmp_path / "fake_receiver.py"
+    fake.write_text(script.format(src=str(Path(__file__).resolve().parents[1] / "src")))
     ssh = tmp_path / "fake-ssh"
     ssh.write_text(f"#!/bin/sh\nexec {sys.executable} {fake}\n")
     ssh.chmod(0o755)
+    return treeship("push", "--repo", local, "--ssh-command", str(ssh), "ssh://nowhere/srv/r", BRANCH, "--json",
+                    rc=None)
 
-    r = treeship("push", "--repo", local, "--ssh-command", str(ssh), "ssh://nowhere/srv/r", BRANCH, "--json",
-                 rc=None)
+
+def test_a_receiver_that_refuses_everything_and_hangs_up_is_heard(treeship, tmp_path):
+    """The QUERY that rides behind UPDATE may meet a closed pipe: the receiver said no and
+    left. The pusher reports the refusal (exit 10), not the broken pipe."""
+    r = _push_to_fake(treeship, tmp_path, REFUSING_RECEIVER, files=200)
 
     assert r.returncode == 10, r.stderr
     assert_rejected(r, BRANCH, "may not write this branch")
@@ -631,16 +636,7 @@ def test_a_receiver_that_refuses_everything_and_hangs_up_is_heard(treeship, tmp_
 
 def test_the_query_goes_out_with_the_update_not_a_round_trip_later(treeship, tmp_path):
     """One round trip less per push: the pusher asks which objects are missing before PREFLIGHT comes."""
-    local = tmp_path / "local"
-    release(treeship, write_tree(tmp_path / "tree"), local)
-    fake = tmp_path / "fake_receiver.py"
-    fake.write_text(FAKE_RECEIVER.format(src=str(Path(__file__).resolve().parents[1] / "src")))
-    ssh = tmp_path / "fake-ssh"
-    ssh.write_text(f"#!/bin/sh\nexec {sys.executable} {fake}\n")
-    ssh.chmod(0o755)
-
-    r = treeship("push", "--repo", local, "--ssh-command", str(ssh), "ssh://nowhere/srv/r", BRANCH, "--json",
-                 rc=None)
+    r = _push_to_fake(treeship, tmp_path, FAKE_RECEIVER)
 
     assert r.returncode == 0, r.stderr
     assert r.json()["refs"][0]["status"] == "ok"
