@@ -47,12 +47,10 @@ def history(tmp_path: Path) -> tuple[Path, str, str]:
     (tree / "changed" / "untouched").write_bytes(b"untouched in a changed directory")
     repo = tmp_path / "repo"
     ostree("init", f"--repo={repo}", "--mode=archive")
-    ostree("commit", f"--repo={repo}", "--branch=b", str(tree))
-    first = ostree("rev-parse", f"--repo={repo}", "b").stdout.strip()
+    first = ostree("commit", f"--repo={repo}", "--branch=main", str(tree)).stdout.strip()
     (tree / "changed" / "edited").write_bytes(b"second version")
     (tree / "changed" / "added").write_bytes(b"new in the second")
-    ostree("commit", f"--repo={repo}", "--branch=b", str(tree))
-    second = ostree("rev-parse", f"--repo={repo}", "b").stdout.strip()
+    second = ostree("commit", f"--repo={repo}", "--branch=main", str(tree)).stdout.strip()
     return repo, first, second
 
 

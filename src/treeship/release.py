@@ -92,7 +92,7 @@ def release(opts: ReleaseOptions, progress: FileProgress | None = None) -> Relea
     version = opts.version or default_version()
     subject = opts.subject or f"{opts.branch} {version}"
     repo = open_or_create(opts.repo)
-    parent = repo.resolve(opts.branch)
+    parent = repo.head(opts.branch)
 
     sig_report: list[dict[str, str]] = []
     with _prepared(opts, repo) as (tree, manifest, warnings), repo.transaction():

@@ -54,12 +54,41 @@ class _Refs(_Core):
     # -- refs and commits -------------------------------------------------------------------
 
     def resolve(self, ref: str) -> str | None:
-        """The commit a ref (branch, ``branch^``, checksum, prefix) names, or None."""
+        """The commit a ref names, or None: the branch of that name if there is one, else what
+        libostree makes of it (a checksum or a unique prefix of one, ``branch^``, ``remote:branch``).
+
+        The branch comes first because libostree's ``resolve_rev`` tries a checksum prefix
+        before a branch: a branch named ``b``, ``cafe`` or ``2024`` named any commit whose
+        checksum starts so, and a release or a push took the wrong commit as the branch's head.
+        """
+        head = self._branch_head(ref)
+        if head is not None:
+            return head
         try:
             _, rev = self._repo.resolve_rev(ref, True)
         except GLib.Error as e:
             raise RepoError(f"cannot resolve {ref!r}: {e.message}") from None
         return rev
+
+    def head(self, branch: str) -> str | None:
+        """The commit local branch ``branch`` points at, read as a ref and nothing else; None if
+        there is no such branch, whatever commit's checksum starts with its name (see resolve).
+        For a name that must be a branch: a release's, a push's, a receiver's."""
+        return self._branch_head(branch)
+
+    def _branch_head(self, name: str) -> str | None:
+        """head(), for resolve: None also for what is no branch name at all."""
+        try:
+            OSTree.validate_rev(name)
+        except GLib.Error:
+            return None  # not a branch name: a checksum with ^, a remote:ref, …
+        if not (self.path / "refs" / "heads" / name).is_file():
+            return None
+        try:
+            _, refs = self._repo.list_refs(name, None)  # libostree reads it (aliases, damage)
+        except GLib.Error:
+            return None
+        return refs.get(name)
 
     def require(self, ref: str) -> str:
         rev = self.resolve(ref)

@@ -87,7 +87,7 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
         from ..repo import Repo
 
         repo = Repo.open(repo_path)
-        heads = {b: repo.require(b) for b in branches}
+        heads = {b: _head(repo, b, repo_path) for b in branches}
         trace.mark("pusher: libostree loaded")
         result = _session(repo, conn, str(target), heads, force, progress, delta)
     except TreeshipError as e:
@@ -108,6 +108,14 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
         bad = [r for r in result.refs if r.status == "rejected"]
         raise PushRejected("; ".join(f"{r.ref}: {r.reason}" for r in bad), result)
     return result
+
+
+def _head(repo: Repo, branch: str, repo_path: str) -> str:
+    """A branch to push: its own head (never a commit whose checksum starts with its name)."""
+    head = repo.head(branch)
+    if head is None:
+        raise RepoError(f"{branch}: no such branch in {repo_path}")
+    return head
 
 
 def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], force: bool,

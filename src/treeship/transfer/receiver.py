@@ -292,7 +292,7 @@ class Receiver:
         if reason:
             u.reject(reason)
             return
-        current = self.heads.get(u.ref) if self.heads is not None else self.repo.resolve(u.ref)
+        current = self.heads.get(u.ref) if self.heads is not None else self.repo.head(u.ref)
         if u.new is None:
             if self.policy.is_protected(u.ref):
                 u.reject("protected branch: it can never be deleted")
@@ -484,7 +484,7 @@ class Receiver:
             for u in live:
                 if u.status != "ok" or u.new is None:
                     continue
-                current = repo.resolve(u.ref)
+                current = repo.head(u.ref)
                 if current and current != u.new and not repo.is_ancestor(current, u.new):
                     self._check_rewind(u, self.force)
                     continue
@@ -496,7 +496,7 @@ class Receiver:
                     if u.status == "ok":
                         u.reject("not moved: another ref of this push was rejected")
                 return
-            previous = {u.ref: repo.resolve(u.ref) for u in live}
+            previous = {u.ref: repo.head(u.ref) for u in live}
             with _SessionDir(repo.path / "tmp") as work:
                 for u in live:
                     if u.new:
