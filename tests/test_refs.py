@@ -73,3 +73,18 @@ def test_releasing_onto_such_a_branch_takes_its_head_as_parent(treeship, tmp_pat
     new = treeship("release", tree, "--repo", repo, "--branch", name, "--json").json()["commit"]
 
     assert ostree("rev-parse", f"--repo={repo}", f"{new}^").stdout.strip() == second
+
+
+def test_a_damaged_ref_is_no_missing_branch(treeship, tmp_path: Path):
+    """A ref file libostree cannot read is an error for a release onto that branch, not a
+    new branch that would overwrite it."""
+    repo, _, _ = _two_commits(tmp_path)
+    (repo / "refs" / "heads" / "damaged").write_text("not a checksum\n")
+    tree = tmp_path / "tree2"
+    tree.mkdir()
+    (tree / "file").write_text("release 2\n")
+
+    r = treeship("release", tree, "--repo", repo, "--branch", "damaged", rc=5)
+
+    assert "damaged" in r.stderr and "unreadable ref" in r.stderr, r.stderr
+    assert (repo / "refs" / "heads" / "damaged").read_text() == "not a checksum\n"

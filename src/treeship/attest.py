@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, history, signing
-from .errors import ProvenanceError, UsageError, VerificationError
+from .errors import ProvenanceError, RepoError, UsageError, VerificationError
 from .provenance import slsa
 from .repo import Repo
 
@@ -217,7 +217,10 @@ def check_subject(repo: Repo, subject: Any, ref: str | None) -> SubjectCheck:
     if ref is not None:
         expected, where = repo.require(ref), ref
     else:
-        expected = repo.head(name)  # the subject names a branch
+        try:
+            expected = repo.head(name)  # the subject names a branch
+        except RepoError:
+            expected = None
         if expected is None:
             return SubjectCheck(name, digest, None, False, f"no branch {name!r} in {repo.path}")
         where = f"the head of {name}"

@@ -73,11 +73,12 @@ class _Refs(_Core):
     def head(self, branch: str) -> str | None:
         """The commit local branch ``branch`` points at, read as a ref and nothing else; None if
         there is no such branch, whatever commit's checksum starts with its name (see resolve).
-        For a name that must be a branch: a release's, a push's, a receiver's."""
-        return self._branch_head(branch)
+        For a name that must be a branch: a release's, a push's, a receiver's. A ref file
+        libostree cannot read is a RepoError, not "no branch" (nothing may overwrite it)."""
+        return self._branch_head(branch, strict=True)
 
-    def _branch_head(self, name: str) -> str | None:
-        """head(), for resolve: None also for what is no branch name at all."""
+    def _branch_head(self, name: str, strict: bool = False) -> str | None:
+        """head(); for resolve (not ``strict``), None also where libostree should have its say."""
         try:
             OSTree.validate_rev(name)
         except GLib.Error:
@@ -85,10 +86,14 @@ class _Refs(_Core):
         if not (self.path / "refs" / "heads" / name).is_file():
             return None
         try:
-            _, refs = self._repo.list_refs(name, None)  # libostree reads it (aliases, damage)
-        except GLib.Error:
+            _, refs = self._repo.list_refs(name, None)  # libostree reads it (an alias: the ref it names)
+            value = refs.get(name)
+            OSTree.validate_checksum_string(value or "")
+        except GLib.Error as e:
+            if strict:
+                raise RepoError(f"{self.path}: branch {name}: unreadable ref ({e.message})") from None
             return None
-        return refs.get(name)
+        return value
 
     def require(self, ref: str) -> str:
         rev = self.resolve(ref)
