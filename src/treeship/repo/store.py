@@ -63,12 +63,18 @@ class _Store(_Core):
             raise RepoError(f"commit {commit}: incomplete: dirtree {e.checksum} is missing") from None
         return out
 
-    def _tree_objects(self, commit: str, strict: bool = True) -> Iterator[tuple[str, int]]:
+    def _tree_objects(self, commit: str, strict: bool = True,
+                      skip_complete_parent: bool = False) -> Iterator[tuple[str, int]]:
         """(checksum, type) of the dirtrees, dirmetas and files under a commit, each dirtree once.
 
         Our own walk, dirtrees read by :func:`objects.parse_dirtree`: libostree's
         ``traverse_commit`` takes several times as long and, on a commit marked partial,
         silently skips missing dirtrees. Raises _MissingTree (if ``strict``).
+
+        ``skip_complete_parent``: where the commit's parent is complete (see _complete_commit),
+        leave out what the two trees share at the same paths — a subtree whose dirtree is the
+        parent's there, a file the parent's directory lists under the same name and checksum
+        (each dirmeta is still listed): what is left is what changed.
         """
         try:
             v = self._commit_variant(commit)
@@ -79,12 +85,16 @@ class _Store(_Core):
         hexsum = OSTree.checksum_from_bytes_v
         file_t, tree_t, meta_t = (int(OSTree.ObjectType.FILE), int(OSTree.ObjectType.DIR_TREE),
                                   int(OSTree.ObjectType.DIR_META))
-        stack = [(hexsum(v.get_child_value(6)), hexsum(v.get_child_value(7)))]
+        old_root = None
+        if skip_complete_parent and self._complete_commit(parent := OSTree.commit_get_parent(v)):
+            old_root = hexsum(self._commit_variant(parent).get_child_value(6))
+        stack: list[tuple[str, str, str | None]] = [(hexsum(v.get_child_value(6)), hexsum(v.get_child_value(7)),
+                                                     old_root)]
         trees: set[str] = set()
         while stack:
-            tree, meta = stack.pop()
+            tree, meta, old = stack.pop()  # old: the parent's dirtree at the same path, if complete
             yield meta, meta_t
-            if tree in trees:
+            if tree == old or tree in trees:
                 continue
             trees.add(tree)
             entries = self._dirtree_entries(tree)
@@ -93,11 +103,15 @@ class _Store(_Core):
                     raise _MissingTree(tree)
                 continue
             yield tree, tree_t
+            old_entries = self._dirtree_entries(old) if old else None
+            old_files = set(old_entries[0]) if old_entries else set()
+            old_dirs = {name: subtree for name, subtree, _ in old_entries[1]} if old_entries else {}
             files, dirs = entries
-            for _, csum in files:
-                yield csum, file_t
-            for _, subtree, submeta in dirs:
-                stack.append((subtree, submeta))
+            for entry in files:
+                if entry not in old_files:
+                    yield entry[1], file_t
+            for name, subtree, submeta in dirs:
+                stack.append((subtree, submeta, old_dirs.get(name)))
 
     def _dirtree_entries(self, checksum: str) -> tuple[list[tuple[bytes, str]], list[tuple[bytes, str, str]]] | None:
         """A dirtree's files and subdirectories (see objects.parse_dirtree); None if it is not here."""
@@ -123,54 +137,25 @@ class _Store(_Core):
     def check_closure(self, commit: str) -> str | None:
         """None when every object the commit's tree needs is here, else what is missing.
 
-        Parents are not part of the closure (OSTree keeps partial history). Where the
-        commit's parent is complete (see _complete_commit), a directory whose dirtree is the
-        parent's at the same path is complete too, and a file the parent's directory lists
-        under the same name and checksum is here: the walk goes only where the trees
-        differ, so an incremental push checks what changed, not the whole tree.
+        Parents are not part of the closure (OSTree keeps partial history). What the commit
+        shares with a complete parent is not walked (see _tree_objects): an incremental push
+        checks what changed, not the whole tree.
         """
+        suffix = {int(OSTree.ObjectType.FILE): "filez" if self.mode == "archive" else "file",
+                  int(OSTree.ObjectType.DIR_META): "dirmeta"}
         objects_dir = str(self.path / "objects")
-        file_suffix = "filez" if self.mode == "archive" else "file"
+        seen: set[str] = set()
         try:
-            v = self._commit_variant(commit)
+            for csum, objtype in self._tree_objects(commit, skip_complete_parent=True):
+                if objtype in suffix and csum not in seen:
+                    if not os.path.exists(f"{objects_dir}/{csum[:2]}/{csum[2:]}.{suffix[objtype]}"):
+                        kind = "content object" if objtype == int(OSTree.ObjectType.FILE) else "dirmeta"
+                        return f"{kind} {csum} is missing"
+                    seen.add(csum)
         except RepoError as e:
             return e.message
-        hexsum = OSTree.checksum_from_bytes_v
-        parent = OSTree.commit_get_parent(v)
-        old_root = None
-        if self._complete_commit(parent):
-            old_root = hexsum(self._commit_variant(parent).get_child_value(6))
-        stack: list[tuple[str, str, str | None]] = [(hexsum(v.get_child_value(6)), hexsum(v.get_child_value(7)),
-                                                     old_root)]
-        seen: set[str] = set()
-        while stack:
-            tree, meta, old = stack.pop()
-            if meta not in seen:
-                if not os.path.exists(f"{objects_dir}/{meta[:2]}/{meta[2:]}.dirmeta"):
-                    return f"dirmeta {meta} is missing"
-                seen.add(meta)
-            if tree == old or tree in seen:
-                continue
-            seen.add(tree)
-            try:
-                entries = self._dirtree_entries(tree)
-                old_entries = self._dirtree_entries(old) if old else None
-            except RepoError as e:
-                return e.message
-            if entries is None:
-                return f"dirtree {tree} is missing"
-            files, dirs = entries
-            old_files: set[tuple[bytes, str]] = set(old_entries[0]) if old_entries else set()
-            old_dirs = {name: subtree for name, subtree, _ in old_entries[1]} if old_entries else {}
-            for entry in files:
-                csum = entry[1]
-                if entry in old_files or csum in seen:
-                    continue
-                if not os.path.exists(f"{objects_dir}/{csum[:2]}/{csum[2:]}.{file_suffix}"):
-                    return f"content object {csum} is missing"
-                seen.add(csum)
-            for name, subtree, submeta in dirs:
-                stack.append((subtree, submeta, old_dirs.get(name)))
+        except _MissingTree as e:
+            return f"dirtree {e.checksum} is missing"
         return None
 
     def read_object_chunks(self, checksum: str, objtype: int, chunk: int = 1 << 20) -> Iterator[bytes]:
