@@ -250,13 +250,13 @@ def _candidates(repo: Repo, commits: list[str], remote_refs: dict[str, str],
     if not commits:
         return {}
     held = held or {}
+    heads = set(remote_refs.values())
     have: set[tuple[str, int]] = set()
-    for head in set(remote_refs.values()):
+    for head in heads:
         if head in held:
             have |= held[head]
         elif head not in commits and repo.has_commit(head):
             have |= repo.reachable(head, strict=False)  # a partial copy here lists less: we ask for more
-    heads = set(remote_refs.values())
     out: dict[str, set[tuple[str, int]]] = {}
     for c in commits:
         wanted = (closures[c] if c in closures else repo.reachable(c)) - have

@@ -209,7 +209,8 @@ class Receiver:
                                            "idle_timeout": self.reader.timeout})
         self.writer.flush()
         updates = self._read_updates()
-        self.delta_targets = {u.new for u in updates if u.status == "ok" and u.new}
+        # The commits this push moves a branch to: the only ones signatures or a delta may come for.
+        self.targets = {u.new for u in updates if u.status == "ok" and u.new}
         self.writer.send_json(wire.PREFLIGHT, {"refs": [u.to_dict() for u in updates]})
         self.writer.flush()
         trace.mark("receiver: preflight sent")
@@ -221,11 +222,10 @@ class Receiver:
             commits, metas = self._receive_objects(tmp)
             repo = self.repo
             trace.mark("receiver: objects received")
-            targets = {u.new for u in updates if u.status == "ok" and u.new}
             for csum, data in metas.items():
                 # Signatures only for the commits this push moves a branch to, checked with the
                 # refs and merged only if they move: nobody adds signatures to others' commits.
-                if csum not in targets:
+                if csum not in self.targets:
                     raise TransferError(f"signatures for commit {csum}, which no branch of this push is moving to")
                 self.signatures[csum] = repo.parse_signatures(csum, data)
                 self.commitmeta[csum] = data
@@ -347,7 +347,7 @@ class Receiver:
                             commits[csum] = data
                         elif name == "commitmeta":
                             # Refused at once, not after FINISH: nobody may pile up signatures.
-                            if csum not in self.delta_targets:
+                            if csum not in self.targets:
                                 raise TransferError(f"signatures for commit {csum}, "
                                                     "which no branch of this push is moving to")
                             if csum in metas:
@@ -375,7 +375,7 @@ class Receiver:
                             fut.result()
                         pending.clear()
                         in_flight = 0
-                        csum, data = delta.receive(self, frame, tmp, pool, self.delta_targets)
+                        csum, data = delta.receive(self, frame, tmp, pool, self.targets)
                         commits[csum] = data
                     elif frame.type == wire.QUERY:
                         self._answer_query(frame)
