@@ -484,6 +484,35 @@ def test_receiver_refuses_another_protocol_version(tmp_path):
     assert objects(repo) == {} and refs(repo) == {}
 
 
+def test_the_receiver_reads_through_a_wide_pipe(tmp_path):
+    """`treeship receive` widens the pipe on its stdin (wire.widen_pipe): a push arrives in
+    1 MB reads, not Linux's 64 kB ones (docs/performance.md: 15% off a first push)."""
+    import fcntl
+
+    proc = subprocess.Popen([*treeship_command(), "receive", "--repo", str(tmp_path / "server"), "--create"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert fcntl.fcntl(proc.stdin.fileno(), fcntl.F_GETPIPE_SZ) < wire.PIPE_SIZE
+        proc.stdin.write(hello())
+        proc.stdin.flush()
+        assert wire.Reader(proc.stdout.fileno(), 60).read().type == wire.HELLO  # it has started serving
+        assert fcntl.fcntl(proc.stdin.fileno(), fcntl.F_GETPIPE_SZ) == wire.PIPE_SIZE
+    finally:
+        proc.stdin.close()
+        proc.wait(60)
+        proc.stdout.close()
+
+
+def test_widening_leaves_what_is_no_pipe_alone(tmp_path):
+    with open(tmp_path / "f", "wb") as f:
+        wire.widen_pipe(f.fileno())  # EBADF from the kernel: nothing to do, nothing raised
+    a, b = socket.socketpair()
+    with a, b:
+        wire.widen_pipe(a.fileno())
+        a.sendall(b"x")
+        assert b.recv(1) == b"x"
+
+
 @pytest.mark.parametrize("kind", ["file", "dirtree", "commit"])
 def test_receiver_rejects_an_object_that_does_not_match_its_checksum(treeship, tmp_path, kind):
     local = tmp_path / "local"

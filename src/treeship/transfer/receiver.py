@@ -82,6 +82,7 @@ def serve(repo_path: str, config: str | None, key_id: str | None, timeout: float
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
+    wire.widen_pipe(0)  # objects arrive in 1 MB reads, not 64 kB ones
     proto_out = os.dup(1)
     os.dup2(2, 1)  # nothing printed by accident can corrupt the protocol stream
     Receiver(repo_path, pol, key_id, 0, proto_out, timeout=timeout, create=create).run()

@@ -8,6 +8,7 @@ hostile length field costs nothing; a silent peer hits the idle timeout, not a h
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
@@ -45,7 +46,23 @@ ALL_TYPES = CONTROL_TYPES | {OBJECT, DATA, END}
 MAX_CONTROL = 16 << 20  # a QUERY of ~250k object names
 MAX_DATA = 1 << 20
 CHUNK = 1 << 20
+PIPE_SIZE = 1 << 20  # Linux's pipe-max-size by default: the most an unprivileged process may ask for
 _HEADER = struct.Struct(">cI")
+
+
+def widen_pipe(fd: int) -> None:
+    """Give the pipe on ``fd`` a buffer of PIPE_SIZE (Linux makes it 64 kB), if ``fd`` is a
+    pipe and the system allows it; otherwise leave it as it is.
+
+    Why: a receiver's stdin is a pipe from sshd (or from the pusher). Through 64 kB, every
+    64 kB of a push needs both processes woken once more: on two busy cores, a first push of
+    53 MB went 15% faster and an incremental one 12% with 1 MB (docs/performance.md).
+    """
+    try:
+        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:  # not a pipe (EBADF), or over a limit (EPERM): a smaller buffer only costs time
+        pass
 
 
 @dataclass
