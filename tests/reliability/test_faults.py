@@ -79,7 +79,7 @@ class Scenario:
     sizes: dict[str, int]  # every object the push sends, and its size
     up_total: int = 0
     down_total: int = 0
-    main_calls: list[tuple[str, str]] = field(default_factory=list)  # receiver main thread: (syscall, path)
+    main_calls: list[tuple[str, str]] = field(default_factory=list)  # (syscall, path): main thread's, and syncfs
     worker_links: int = 0  # object placements (linkat) by the receiver's busiest thread
 
     def missing(self, srv: Path) -> tuple[int, int]:
@@ -133,10 +133,13 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, ed25519_key) -> Scenario:
     sizes = {n: object_path(local, n).stat().st_size for n in names}
     sc = Scenario(root, local, base, policy, before, after, sizes)
 
-    # a dry run: the whole push through the proxy (no fault), the receiver under strace
+    # a dry run: the whole push through the proxy (no fault), the receiver under strace; its
+    # flush made slow (entered 0.3 s late), so that a receiver going on without waiting for
+    # it would show in the order of the calls
     srv = _fresh(sc, root / "dry")
     trace = root / "dry.trace"
-    prefix = f"{STRACE} -f -qq -o {trace} -e trace=linkat,rename,renameat,unlinkat,syncfs " if STRACE else ""
+    prefix = (f"{STRACE} -f -qq -o {trace} -e trace=linkat,rename,renameat,unlinkat,syncfs "
+              "-e inject=syncfs:delay_enter=300000 ") if STRACE else ""
     p, report = _faulted(sc, srv, root / "dry-run", None, None, prefix)
     out = json.loads(p.stdout)
     assert out["ok"] and out["bytes_sent"] == sum(sizes.values()), (out, sum(sizes.values()))
@@ -228,19 +231,24 @@ def _receivers(srv: Path) -> list[int]:
 
 
 _CALL = re.compile(r"^(\d+)\s+(linkat|rename|renameat|unlinkat|syncfs)\((.*)$")
+_RESUMED = re.compile(r"^(\d+)\s+<\.\.\. (syncfs) resumed>(.*)$")
 
 
 def _parse_trace(text: str) -> tuple[list[tuple[str, str]], int]:
-    """The receiver's main-thread rename/unlink/syncfs calls in order, and the most linkat of one thread
-    (objects are placed by the reading thread, large ones by a verify thread)."""
-    matches = [m for m in map(_CALL.match, text.splitlines()) if m]
+    """The receiver's main-thread rename/unlink calls and its syncfs (made by a thread of its
+    own, placed where it returned) in order, and the most linkat of one thread (objects are
+    placed by the reading thread, large ones by a verify thread)."""
+    matches = [m for m in (_CALL.match(line) or _RESUMED.match(line) for line in text.splitlines()) if m]
     main = min((int(m.group(1)) for m in matches), default=None)  # the main thread's id is the process id
     calls: list[tuple[str, str]] = []
     links: dict[int, int] = {}
     for m in matches:
         pid, name, args = int(m.group(1)), m.group(2), m.group(3)
         paths = re.findall(r'"([^"]*)"', args)
-        if pid == main and name in ("rename", "renameat", "unlinkat", "syncfs"):
+        if name == "syncfs":
+            if not args.endswith("<unfinished ...>"):  # it returned here (strace split it if it had to wait)
+                calls.append((name, ""))
+        elif pid == main and name in ("rename", "renameat", "unlinkat"):
             calls.append((name, paths[-1] if paths else ""))
         if name == "linkat":
             links[pid] = links.get(pid, 0) + 1

@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from functools import cached_property
 from pathlib import Path
 
@@ -214,16 +216,28 @@ class _Store(_Core):
         than one syncfs). This is the line after which the receiver calls a commit complete
         or points a ref at it: a power cut must not leave a ref to objects the disk never got.
         """
+        if not self._repo.get_disable_fsync():
+            _flush(self.path)
+
+    def sync_in_background(self) -> Future[None]:
+        """Repo.sync, the flush itself in a thread of its own: it waits for the disk, and the
+        caller can go on meanwhile (the receiver checks closures). ``result()`` waits for it
+        and raises what it raised. Whether to flush is read here, in the calling thread."""
+        done: Future[None] = Future()
         if self._repo.get_disable_fsync():
-            return
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            done.set_result(None)
+            return done
+
+        def flush() -> None:
             try:
-                _syncfs(fd)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise StorageError(f"{self.path}: flushing to disk failed: {e.strerror or e}") from None
+                _flush(self.path)
+            except BaseException as e:  # noqa: BLE001 - raised by result(), in the caller's thread
+                done.set_exception(e)
+            else:
+                done.set_result(None)
+
+        threading.Thread(target=flush, name="treeship-sync", daemon=True).start()
+        return done
 
     def mark_partial(self, commit: str, partial: bool) -> None:
         try:
@@ -259,6 +273,18 @@ def _validate_metadata(data: bytes, checksum: str, objtype: int) -> None:
             validator(v)
         except GLib.Error as e:
             raise TransferError(f"object {name}: invalid: {e.message}") from None
+
+
+def _flush(path: Path) -> None:
+    """One syncfs(2) on the file system holding ``path``; StorageError if it fails."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _syncfs(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise StorageError(f"{path}: flushing to disk failed: {e.strerror or e}") from None
 
 
 def _syncfs(fd: int) -> None:

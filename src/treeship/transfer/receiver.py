@@ -240,9 +240,14 @@ class Receiver:
                     if not repo.has_commit(csum):
                         repo.mark_partial(csum, True)  # until its closure is known to be here
                         repo.place_object(path, csum, commit_type)
-            for csum in commits:
-                self.closure[csum] = repo.check_closure(csum)
-            repo.sync()  # on stable storage before a commit is called complete or a ref points at it
+            # On stable storage before a commit is called complete or a ref points at it; the
+            # flush waits for the disk while the closures are checked.
+            flushed = repo.sync_in_background()
+            try:
+                for csum in commits:
+                    self.closure[csum] = repo.check_closure(csum)
+            finally:
+                flushed.result()
             for csum, missing in self.closure.items():
                 if missing is None:
                     repo.mark_partial(csum, False)
