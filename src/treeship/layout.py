@@ -105,10 +105,16 @@ _SUFFIX = {"file": "filez", "dirtree": "dirtree", "dirmeta": "dirmeta", "commit"
            "commitmeta": "commitmeta"}
 
 
+def object_relpath(checksum: str, suffix: str) -> str:
+    """Where an object lives under ``objects/``: ``XX/REST.SUFFIX``, XX the checksum's first
+    two hex digits (OSTree's stable layout; content is ``filez`` in an archive repository)."""
+    return f"{checksum[:2]}/{checksum[2:]}.{suffix}"
+
+
 def has_object(path: str | os.PathLike[str], checksum: str, objtype: str) -> bool:
     """In an archive repository: the object is stored, and a commit is not marked partial
     (``state/CHECKSUM.commitpartial``, as libostree marks it), as Repo.has_object tells it."""
-    if not os.path.exists(f"{path}/objects/{checksum[:2]}/{checksum[2:]}.{_SUFFIX[objtype]}"):
+    if not os.path.exists(f"{path}/objects/{object_relpath(checksum, _SUFFIX[objtype])}"):
         return False
     return objtype != "commit" or not os.path.exists(f"{path}/state/{checksum}.commitpartial")
 

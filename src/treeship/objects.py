@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import StorageError, TransferError
+from .layout import object_relpath
 
 try:  # ISA-L inflates the same raw deflate about 2.5x faster than zlib (docs/performance.md)
     from isal import isal_zlib as _inflate
@@ -68,8 +69,7 @@ class ObjectStore:
         This is on a push's hot path (thousands of files): one directory descriptor, plain
         strings, and the existing objects/XX directories looked up once.
         """
-        directory = checksum[:2]
-        name = f"{checksum[2:]}.{suffix}"
+        directory, _, name = object_relpath(checksum, suffix).partition("/")
         try:
             with self._lock:
                 if self._fd is None:

@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from functools import cached_property
 from pathlib import Path
 
-from .. import objects
+from .. import layout, objects
 from ..errors import RepoError, StorageError, TransferError
 from .core import _OBJ_EXT, Gio, GLib, OSTree, _Core, _storage_error
 
@@ -41,7 +41,7 @@ class _Store(_Core):
         ext = _OBJ_EXT[objtype]
         if objtype == OSTree.ObjectType.FILE and self.mode == "archive":
             ext = "filez"
-        return f"{checksum[:2]}/{checksum[2:]}.{ext}"
+        return layout.object_relpath(checksum, ext)
 
     def has_object(self, checksum: str, objtype: int) -> bool:
         """Present and usable: a commit marked partial (its closure not yet checked) is not."""
@@ -118,7 +118,7 @@ class _Store(_Core):
     def _dirtree_entries(self, checksum: str) -> tuple[list[tuple[bytes, str]], list[tuple[bytes, str, str]]] | None:
         """A dirtree's files and subdirectories (see objects.parse_dirtree); None if it is not here."""
         try:
-            with open(f"{self.path}/objects/{checksum[:2]}/{checksum[2:]}.dirtree", "rb") as f:
+            with open(f"{self.path}/objects/{layout.object_relpath(checksum, 'dirtree')}", "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             try:  # not in this repository's own objects/: libostree looks in a parent repository too
@@ -150,7 +150,7 @@ class _Store(_Core):
         try:
             for csum, objtype in self._tree_objects(commit, skip_complete_parent=True):
                 if objtype in suffix and csum not in seen:
-                    if not os.path.exists(f"{objects_dir}/{csum[:2]}/{csum[2:]}.{suffix[objtype]}"):
+                    if not os.path.exists(f"{objects_dir}/{layout.object_relpath(csum, suffix[objtype])}"):
                         kind = "content object" if objtype == int(OSTree.ObjectType.FILE) else "dirmeta"
                         return f"{kind} {csum} is missing"
                     seen.add(csum)
