@@ -246,8 +246,10 @@ class Receiver:
             try:
                 for csum in commits:
                     self.closure[csum] = repo.check_closure(csum)
-            finally:
-                flushed.result()
+            except BaseException:
+                flushed.exception()  # waited for; the closure check's error is the one raised
+                raise
+            flushed.result()
             for csum, missing in self.closure.items():
                 if missing is None:
                     repo.mark_partial(csum, False)

@@ -1,4 +1,5 @@
-"""The wire format, and nothing else: frames over a pair of file descriptors.
+"""The wire format, and nothing else: frames over a pair of file descriptors (and, for the
+receiving end, the size of the pipe they arrive through: :func:`widen_pipe`).
 
 A frame is ``type`` (1 byte) ``length`` (4 bytes, big-endian) ``payload``. Control
 frames carry JSON objects; an object travels as OBJECT (1-byte OSTree object type +
