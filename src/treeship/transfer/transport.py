@@ -4,21 +4,24 @@ Both give the same thing — a process whose stdin/stdout carry the protocol —
 local-path remote (the embedded default) runs exactly the code path SSH does.
 
 This module is imported before click and the CLI, to start SSH as early as possible
-(see entry.py), so it keeps to a few light standard modules.
+(see entry.py). What runs before SSH starts keeps to ``os``: ``subprocess``, ``shlex`` and
+``urllib.parse`` (with the ``re`` and ``enum`` they import) cost ~12 ms of a push's start,
+so plain URLs, commands and paths are handled here and the process is started with
+``os.posix_spawnp``; anything unusual goes to the standard modules, with the same result
+(tests/test_transport.py checks both against each other).
 """
 
 from __future__ import annotations
 
 import os
-import select
-import shlex
-import subprocess
 import sys
-import threading
-from collections import deque
-from urllib.parse import unquote, urlsplit
 
 from ..errors import UsageError
+
+_PLAIN_NAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+_PLAIN_PATH = _PLAIN_NAME | frozenset("/+=:,@~")
+_PLAIN_WORDS = _PLAIN_NAME | frozenset(" /=:,@+")
+_SHELL_SAFE = _PLAIN_NAME | frozenset("@%+=:,/")  # what shlex.quote leaves unquoted (\w and @%+=:,./-, ASCII)
 
 
 class Target:
@@ -54,8 +57,30 @@ class Target:
         return f"ssh://{user}{self.host}{port}{self.path}"
 
 
+def _plain_ssh_url(url: str) -> Target | None:
+    """``ssh://[user@]host[:port]/path`` written plainly (ASCII names, a decimal port, no
+    %-escapes, query or fragment), read as urlsplit reads it; None for anything else."""
+    netloc, slash, path = url[len("ssh://"):].partition("/")
+    user, at, hostport = netloc.rpartition("@")
+    host, colon, port = hostport.partition(":")
+    if not (slash and path and host) or not _PLAIN_NAME.issuperset(host) or not _PLAIN_PATH.issuperset(path) \
+            or (at and not (user and _PLAIN_NAME.issuperset(user))) \
+            or (colon and not (port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535)):
+        return None
+    return Target("ssh", "/" + path, host.lower(), user or None, int(port) if port else None)
+
+
 def parse_url(url: str) -> Target:
     """``ssh://[user@]host[:port]/path``, ``file:///path`` or a plain local path."""
+    if url.startswith("ssh://") and (plain := _plain_ssh_url(url)) is not None:
+        return plain
+    return _parse_url(url)
+
+
+def _parse_url(url: str) -> Target:
+    """parse_url through urllib.parse, for any URL."""
+    from urllib.parse import unquote, urlsplit
+
     if url.startswith("ssh://"):
         u = urlsplit(url)
         if not u.hostname or not u.path or u.path == "/":
@@ -81,16 +106,20 @@ def configured_remote_url(repo_path: str, name: str) -> str | None:
     Read directly (a key file, documented in ostree.repo-config(5)) so that the SSH
     connection can start before libostree is even loaded.
     """
-    import configparser  # here: a push to a URL does without
-
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
     remotes_d = os.path.join(repo_path, "remotes.d")
     try:
         extra = sorted(os.path.join(remotes_d, n) for n in os.listdir(remotes_d) if n.endswith(".conf"))
     except OSError:
         extra = []
+    files = [os.path.join(repo_path, "config"), *extra]
+    plain, url = _plain_remote_url(files, name)
+    if plain:
+        return url
+    import configparser  # ~7 ms with the re it imports: only for a config out of the ordinary
+
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
     try:
-        parser.read([os.path.join(repo_path, "config"), *extra], encoding="utf-8")
+        parser.read(files, encoding="utf-8")
     except (configparser.Error, UnicodeDecodeError):
         return None
     section = f'remote "{name}"'
@@ -99,11 +128,46 @@ def configured_remote_url(repo_path: str, name: str) -> str | None:
     return None
 
 
+def _plain_remote_url(files: list[str], name: str) -> tuple[bool, str | None]:
+    """(True, the remote's URL or None) if every file is in the plain form ostree writes —
+    ``[group]`` lines, lowercase ``key=value`` lines, ``#`` comments, empty lines — read as
+    configparser reads it (the last value wins); (False, None) if configparser must read them."""
+    section = f'remote "{name}"'
+    url = None
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            continue  # configparser skips a file that is not there
+        except (OSError, UnicodeDecodeError):
+            return False, None
+        group = None
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("[") and line.endswith("]"):
+                group = line[1:-1]
+                if group == "DEFAULT":  # its keys show in every section: configparser knows
+                    return False, None
+                continue
+            key, eq, value = line.partition("=")
+            if not eq or group is None or not key or key != key.strip() or key != key.lower() \
+                    or ":" in key or line[0] in " \t;[":
+                return False, None
+            if group == section and key == "url":
+                url = value.strip()
+    return True, url
+
+
 def resolve_remote(repo_path: str, remote: str) -> Target:
-    """A remote name from the repo's config, or a URL / path given directly."""
+    """A remote name from the repo's config, or a URL / path given directly. (A remote's
+    name never holds a "/", ostree refuses one: such a string is not looked up.)"""
+    if "/" in remote:
+        return parse_url(remote)
     url = configured_remote_url(repo_path, remote)
     if url is None:
-        if "://" in remote or "/" in remote or remote.startswith("."):
+        if remote.startswith("."):
             url = remote
         else:
             raise UsageError(f"unknown remote {remote!r} (add it with 'treeship remote add {remote} URL')")
@@ -121,14 +185,105 @@ def receive_argv(target: Target, *, ssh_command: str | None = None, receive_comm
     if target.kind == "local":
         argv = [*local_treeship(), "receive", "--repo", os.path.abspath(target.path)]
         return argv + (["--create"] if create else [])
-    ssh = shlex.split(ssh_command or os.environ.get("TREESHIP_SSH") or "ssh")
+    ssh = split_command(ssh_command or os.environ.get("TREESHIP_SSH") or "ssh")
     if not ssh:
         raise UsageError("empty --ssh-command")
     remote = receive_command or os.environ.get("TREESHIP_RECEIVE") or "treeship"
-    remote_cmd = f"{remote} receive --repo {shlex.quote(target.path)}"
+    remote_cmd = f"{remote} receive --repo {shell_quote(target.path)}"
     dest = f"{target.user}@{target.host}" if target.user else str(target.host)
     port = ["-p", str(target.port)] if target.port else []
     return [*ssh, *port, "-o", "BatchMode=yes", "-e", "none", "-T", "--", dest, remote_cmd]
+
+
+def split_command(command: str) -> list[str]:
+    """``shlex.split(command)``; a command of plain words is split on spaces without it."""
+    if _PLAIN_WORDS.issuperset(command):
+        return command.split()
+    import shlex
+
+    return shlex.split(command)
+
+
+def shell_quote(word: str) -> str:
+    """``shlex.quote(word)``; a word it would leave as it is is left so without it."""
+    if word and _SHELL_SAFE.issuperset(word):
+        return word
+    import shlex
+
+    return shlex.quote(word)
+
+
+class _Timeout(Exception):
+    pass
+
+
+class _Child:
+    """A started process whose stdin, stdout and stderr are new pipes: what a Connection
+    needs of ``subprocess.Popen`` (which would cost ~10 ms to import before SSH starts)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        import _signal  # loaded by every Python at start-up (signal.py would import enum)
+
+        ours: list[int] = []
+        theirs: list[int] = []
+        try:
+            for child_reads in (True, False, False):
+                r, w = os.pipe2(os.O_CLOEXEC)
+                ours.append(w if child_reads else r)
+                theirs.append(_above_stdio(r if child_reads else w))
+            self.pid = os.posix_spawnp(
+                argv[0], argv, os.environ,
+                file_actions=[(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate(theirs)],
+                setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ))  # as subprocess restores them
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        self.stdin, self.stdout, self.stderr = ours
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        while self.returncode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                break
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode if self.returncode is not None else -1
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, 9)  # SIGKILL
+            except ProcessLookupError:
+                pass
+
+
+def _above_stdio(fd: int) -> int:
+    """``fd``, or a close-on-exec copy of it numbered 3 or more: a pipe end that landed on
+    0–2 (this process's own stdio was closed) would keep its close-on-exec flag through
+    posix_spawn's dup2 onto itself, and the child would start without it."""
+    if fd > 2:
+        return fd
+    import fcntl
+
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
 
 
 class Connection:
@@ -137,37 +292,49 @@ class Connection:
     def __init__(self, argv: list[str]) -> None:
         self.argv = argv
         try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, bufsize=0)
+            self.proc = _Child(argv)
         except OSError as e:
             raise UsageError(f"cannot run {argv[0]}: {e.strerror}") from None
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.wfd = self.proc.stdin.fileno()
-        self.rfd = self.proc.stdout.fileno()
-        self._stderr: deque[str] = deque(maxlen=20)
+        self.wfd = self.proc.stdin
+        self.rfd = self.proc.stdout
+        import threading  # after the process has started (~3 ms)
+
+        self._stderr: list[str] = []
         self._drain = threading.Thread(target=self._read_stderr, daemon=True)
         self._drain.start()
 
     def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                self._stderr.append(line)
+        with open(self.proc.stderr, "rb") as stream:
+            for raw in stream:
+                line = raw.decode(errors="replace").rstrip()
+                if line:
+                    self._stderr.append(line)
+                    del self._stderr[:-20]
 
     def _wait(self, timeout: float) -> int:
-        """Wait for the receiver to exit, woken by the kernel (a pidfd) rather than by polling:
-        Popen.wait(timeout) sleeps in steps of up to 50 ms, a sixth of a no-op push."""
-        if self.proc.returncode is None:
+        """Wait for the receiver to exit, woken by the kernel (a pidfd) rather than by polling
+        (Popen.wait(timeout) slept in steps of up to 50 ms, a sixth of a no-op push)."""
+        if self.proc.poll() is None:
+            import select
+
             try:
                 fd = os.pidfd_open(self.proc.pid)
-            except (OSError, AttributeError):  # already reaped, or not Linux ≥ 5.3
-                return self.proc.wait(timeout)
+            except ProcessLookupError:  # gone and reaped meanwhile
+                return self.proc.wait()
+            except OSError:  # no pidfd (Linux before 5.3): ask every 10 ms
+                import time
+
+                deadline = time.monotonic() + timeout
+                while self.proc.poll() is None:
+                    if time.monotonic() > deadline:
+                        raise _Timeout from None
+                    time.sleep(0.01)
+                return self.proc.wait()
             try:
                 poller = select.poll()  # not select(): it cannot take a descriptor past 1023
                 poller.register(fd, select.POLLIN)
                 if not poller.poll(timeout * 1000):
-                    raise subprocess.TimeoutExpired(self.argv, timeout)
+                    raise _Timeout
             finally:
                 os.close(fd)
         return self.proc.wait()
@@ -177,24 +344,29 @@ class Connection:
         if self.proc.poll() is None:
             try:
                 self._wait(timeout=5)
-            except subprocess.TimeoutExpired:
+            except _Timeout:
                 return ""
         self._drain.join(timeout=5)
         return self._stderr[-1] if self._stderr else ""
 
     def close(self, kill: bool = False) -> int:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
+        if self.wfd >= 0:
+            try:
+                os.close(self.wfd)
+            except OSError:
+                pass
+            self.wfd = -1
         if kill:
             self.proc.kill()
         try:
-            return self._wait(timeout=60)
-        except subprocess.TimeoutExpired:
+            rc = self._wait(timeout=60)
+        except _Timeout:
             self.proc.kill()
-            return self.proc.wait()
+            rc = self.proc.wait()
+        if self.rfd >= 0:
+            os.close(self.rfd)  # it has exited: nothing more will come
+            self.rfd = -1
+        return rc
 
 
 _prestarted: dict[tuple[str, ...], Connection] = {}

@@ -1,0 +1,167 @@
+"""transport.py's plain paths against the standard modules they stand in for.
+
+Before SSH starts, a push reads plain URLs, commands, paths and repo configs itself and
+starts ssh with os.posix_spawnp, sparing ~12 ms of imports (subprocess, shlex, urllib.parse,
+configparser, re). Here each shortcut must give what the standard module gives, and the
+process must start as subprocess would start it.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from treeship.errors import UsageError
+from treeship.transfer import transport
+from treeship.transfer.transport import Connection
+
+NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", min_size=1, max_size=12)
+PATH = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABC0123456789._-/+=:,@~", min_size=1, max_size=30)
+PORT = st.one_of(st.none(), st.integers(0, 65535).map(str), st.sampled_from(["00022", "65536", "99999", "", "2x"]))
+
+
+def _general(url: str) -> transport.Target | str:
+    try:
+        return transport._parse_url(url)
+    except UsageError as e:
+        return e.message
+
+
+@settings(max_examples=400, deadline=None)
+@given(user=st.one_of(st.none(), st.just(""), NAME), host=NAME, port=PORT, path=PATH)
+def test_plain_ssh_urls_read_as_urlsplit_reads_them(user, host, port, path):
+    url = "ssh://" + (f"{user}@" if user is not None else "") + host + (f":{port}" if port is not None else "") \
+        + "/" + path
+    plain = transport._plain_ssh_url(url)
+    if plain is not None:
+        assert plain == _general(url), url
+    got = _general(url) if plain is None else plain
+    try:
+        assert transport.parse_url(url) == got
+    except UsageError as e:
+        assert e.message == got
+
+
+@pytest.mark.parametrize("url", ["ssh://Alice@Host.Example:2222/srv/r", "ssh://h/%7Euser/r", "ssh://h/r?x",
+                                 "ssh://[::1]:22/r", "ssh://u%40x@h/r", "ssh://h:/r", "ssh://h/", "ssh://h",
+                                 "ssh://@h/r", "ssh://h:70000/r", "ssh://h:2222/r#f", "ssh://h/a b"])
+def test_urls_out_of_the_ordinary_read_as_before(url):
+    assert (transport._plain_ssh_url(url) or _general(url)) == _general(url)
+    if transport._plain_ssh_url(url) is None:
+        try:
+            assert transport.parse_url(url) == _general(url)
+        except UsageError as e:
+            assert e.message == _general(url)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="abcXYZ019 ._-/=:,@+'\"\\#~\t$*", max_size=40))
+def test_commands_split_as_shlex_splits_them(command):
+    try:
+        expected = shlex.split(command)
+    except ValueError:  # an unclosed quote: shlex's own error, as before
+        with pytest.raises(ValueError):
+            transport.split_command(command)
+        return
+    assert transport.split_command(command) == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="abcXYZ019 ._-/=:,@+%'\"\\#~\t$*é", max_size=30))
+def test_paths_quoted_as_shlex_quotes_them(word):
+    assert transport.shell_quote(word) == shlex.quote(word)
+
+
+def _configparser_url(files: list[Path], name: str) -> str | None:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read([str(f) for f in files], encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError):
+        return None
+    section = f'remote "{name}"'
+    return parser.get(section, "url").strip() if parser.has_option(section, "url") else None
+
+
+CONFIGS = [
+    '[core]\nrepo_version=1\nmode=archive-z2\n\n[remote "releases"]\nurl=ssh://r@h:2222/srv/r\ngpg-verify=false\n',
+    '[core]\nmode=archive\n[remote "releases"]\nurl=ssh://a/x\n[remote "releases"]\nurl=ssh://b/y\n',
+    '# made by hand\n[remote "other"]\nurl=ssh://o/x\n',
+    '[remote "releases"]\nurl = ssh://spaced/x\n',
+    '[remote "releases"]\nURL=ssh://upper/x\n',
+    '[remote "releases"]\nurl: ssh://colon/x\n',
+    '[remote "releases"]\nurl=ssh://cont/x\n  more\n',
+    '; a comment\n[remote "releases"]\nurl=ssh://semi/x\n',
+    '[DEFAULT]\nurl=ssh://default/x\n[remote "releases"]\ngpg-verify=false\n',
+    'url=ssh://nosection/x\n',
+    '[remote "releases"]\nurl=\n',
+]
+
+
+@pytest.mark.parametrize("text", CONFIGS)
+@pytest.mark.parametrize("extra", [None, '[remote "releases"]\nurl=ssh://from-remotes-d/x\n', "[broken\n"])
+def test_remote_urls_read_as_configparser_reads_them(tmp_path, text, extra):
+    (tmp_path / "config").write_text(text)
+    files = [tmp_path / "config"]
+    if extra is not None:
+        (tmp_path / "remotes.d").mkdir()
+        (tmp_path / "remotes.d" / "r.conf").write_text(extra)
+        files.append(tmp_path / "remotes.d" / "r.conf")
+    for name in ("releases", "other", "missing"):
+        assert transport.configured_remote_url(str(tmp_path), name) == _configparser_url(files, name), (text, name)
+
+
+def test_a_remote_given_as_a_url_or_path_is_not_looked_up(tmp_path):
+    (tmp_path / "config").write_text('[core]\nmode=archive\n')
+    assert transport.resolve_remote(str(tmp_path), "ssh://h/r") == transport.Target("ssh", "/r", "h")
+    assert transport.resolve_remote(str(tmp_path), "./world") == transport.Target("local", "./world")
+    with pytest.raises(UsageError, match="unknown remote 'nope'"):
+        transport.resolve_remote(str(tmp_path), "nope")
+
+
+def test_the_receiver_process_starts_as_subprocess_would_start_it():
+    """Its standard streams are the three pipes, and SIGPIPE is back to its default (Python
+    ignores it, and an ignored signal would be inherited)."""
+    conn = Connection(["sh", "-c", "grep SigIgn /proc/self/status; read line; echo \"got $line\"; echo oops >&2"])
+    os.write(conn.wfd, b"hello\n")
+    out = b""
+    while chunk := os.read(conn.rfd, 4096):
+        out += chunk
+        if b"got" in out:
+            break
+    assert conn.close() == 0
+    assert conn.stderr_tail() == "oops"
+    ignored = int(out.split(b"SigIgn:")[1].split()[0], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)), hex(ignored)
+    assert b"got hello" in out
+
+
+def test_a_pusher_whose_own_stdio_is_closed_still_gives_the_receiver_its_streams(tmp_path):
+    """With 0-2 closed, the new pipes land on them: each must still end up as the right
+    stream of the child (transport._above_stdio moves them out of the way first)."""
+    script = (
+        "import os, sys\n"
+        "from treeship.transfer.transport import Connection\n"
+        "for fd in (0, 1, 2): os.close(fd)\n"
+        "conn = Connection(['sh', '-c', 'read line; echo \"got $line\"'])\n"
+        "os.write(conn.wfd, b'hello\\n')\n"
+        "data = os.read(conn.rfd, 100)\n"
+        "rc = conn.close()\n"
+        f"open({str(tmp_path / 'out')!r}, 'wb').write(data + b' rc=%d' % rc)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert (tmp_path / "out").read_bytes() == b"got hello\n rc=0"
+
+
+def test_a_command_that_is_not_there_is_one_clear_error():
+    with pytest.raises(UsageError, match="cannot run no-such-ssh-here: No such file or directory"):
+        Connection(["no-such-ssh-here", "x"])
