@@ -162,6 +162,25 @@ def test_a_pusher_whose_own_stdio_is_closed_still_gives_the_receiver_its_streams
     assert (tmp_path / "out").read_bytes() == b"got hello\n rc=0"
 
 
+def test_descriptors_the_pusher_inherited_are_not_passed_on(tmp_path):
+    """subprocess closes every other descriptor in the child (close_fds); so does this."""
+    script = (
+        "import os\n"
+        "from treeship.transfer.transport import Connection\n"
+        f"fd = os.dup2(os.open({str(tmp_path / 'held')!r}, os.O_WRONLY | os.O_CREAT), 50)\n"  # not a number ls takes
+        "os.set_inheritable(fd, True)\n"
+        "conn = Connection(['sh', '-c', 'ls /proc/self/fd'])\n"
+        "data = b''\n"
+        "while chunk := os.read(conn.rfd, 4096): data += chunk\n"
+        "conn.close()\n"
+        f"open({str(tmp_path / 'out')!r}, 'w').write(f'{{fd}} ' + ' '.join(sorted(data.decode().split())))\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    held, *child_fds = (tmp_path / "out").read_text().split()
+    assert held not in child_fds, (held, child_fds)
+    assert {"0", "1", "2"} <= set(child_fds)
+
+
 def test_a_command_that_is_not_there_is_one_clear_error():
     with pytest.raises(UsageError, match="cannot run no-such-ssh-here: No such file or directory"):
         Connection(["no-such-ssh-here", "x"])

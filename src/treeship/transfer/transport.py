@@ -231,10 +231,10 @@ class _Child:
                 r, w = os.pipe2(os.O_CLOEXEC)
                 ours.append(w if child_reads else r)
                 theirs.append(_above_stdio(r if child_reads else w))
-            self.pid = os.posix_spawnp(
-                argv[0], argv, os.environ,
-                file_actions=[(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate(theirs)],
-                setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ))  # as subprocess restores them
+            actions = [(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate(theirs)]
+            actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds(set(theirs))]  # close_fds, as subprocess
+            self.pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions,
+                                       setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ))  # as subprocess restores them
         except BaseException:
             for fd in ours:
                 os.close(fd)
@@ -270,6 +270,24 @@ class _Child:
                 os.kill(self.pid, 9)  # SIGKILL
             except ProcessLookupError:
                 pass
+
+
+def _inherited_fds(keep: set[int]) -> list[int]:
+    """This process's descriptors above 2 that a child would inherit (Python makes its own
+    close-on-exec; one this process was started with may not be), but for ``keep``."""
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        return []
+    out = []
+    for fd in fds:
+        if fd > 2 and fd not in keep:
+            try:
+                if os.get_inheritable(fd):
+                    out.append(fd)
+            except OSError:  # the listing's own descriptor, closed since
+                continue
+    return out
 
 
 def _above_stdio(fd: int) -> int:
