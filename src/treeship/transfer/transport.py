@@ -291,9 +291,10 @@ def _inherited_fds(keep: set[int]) -> list[int]:
 
 
 def _above_stdio(fd: int) -> int:
-    """``fd``, or a close-on-exec copy of it numbered 3 or more: a pipe end that landed on
-    0–2 (this process's own stdio was closed) would keep its close-on-exec flag through
-    posix_spawn's dup2 onto itself, and the child would start without it."""
+    """``fd``, or a close-on-exec copy of it numbered 3 or more. A pipe end that landed on
+    0–2 (this process's own stdio was closed) could be overwritten by an earlier of the
+    child's dup2s before its own, or (with a C library older than glibc 2.29) keep its
+    close-on-exec flag when dup2'd onto itself; the child would start without that stream."""
     if fd > 2:
         return fd
     import fcntl
