@@ -92,3 +92,26 @@ def test_has_object_tells_partial_commits_as_libostree_does(tmp_path, treeship, 
     (repo / "state" / f"{commit}.commitpartial").write_text("")
     assert not layout.has_object(repo, commit, "commit")
     assert not layout.has_object(repo, "0" * 64, "file")
+
+
+def test_objects_present_agrees_with_has_object(tmp_path, treeship, sample_tree):
+    """Listing a directory where several objects fall in it, a stat each elsewhere: the same
+    answers as has_object, for objects here and not, a partial commit, dense and sparse."""
+    repo = tmp_path / "r"
+    treeship("init", "--repo", repo)
+    commit = treeship("release", sample_tree, "--repo", repo, "--branch", "b", "--json").json()["commit"]
+    suffix = {"filez": "file", "dirtree": "dirtree", "dirmeta": "dirmeta", "commit": "commit"}
+    here = [(p.parent.name + p.name.split(".")[0], suffix[p.name.split(".")[1]])
+            for p in (repo / "objects").rglob("*.*") if p.name.split(".")[1] in suffix]
+    # absent ones: in directories that exist (dense: many per directory), and in ones that do not
+    absent = [(c[:2] + format(i, "062x"), "file") for i, (c, _) in enumerate(here[:40])]
+    absent += [(format(i, "064x"), "dirtree") for i in range(5)]  # objects/00: most likely absent
+    (repo / "state" / f"{commit}.commitpartial").write_text("")
+    asked = here + absent + [(commit, "commitmeta")]
+    for order in (asked, asked[::-1], asked[::7]):
+        assert layout.objects_present(repo, order) == [layout.has_object(repo, c, t) for c, t in order]
+    assert layout.objects_present(repo, here) == [t != "commit" for _, t in here]  # the commit: partial
+    assert not any(layout.objects_present(repo, absent))
+    busy = {c[:2] for c, _ in asked}
+    assert any(sum(1 for c, _ in asked if c[:2] == d) >= layout.LIST_FROM for d in busy)  # listed
+    assert any(sum(1 for c, _ in asked if c[:2] == d) < layout.LIST_FROM for d in busy)  # stat'ed

@@ -412,13 +412,14 @@ class Receiver:
         names = frame.json().get("objects")
         if not isinstance(names, list):
             raise TransferError("protocol error: QUERY without an object list")
-        missing = []
-        for name in names:
-            csum, objtype = parse_object_name(name)
-            if _TYPE_NAMES[objtype] == "commitmeta":
-                missing.append(name)  # signatures are merged, never assumed present
-            elif not self._has_object(csum, objtype):
-                missing.append(name)
+        asked = [parse_object_name(name) for name in names]
+        if self.heads is not None:  # a plain layout: told from the files, a directory listed at a time
+            present = layout.objects_present(self.repo_path, [(c, _TYPE_NAMES[t]) for c, t in asked])
+        else:
+            present = [self.repo.has_object(c, t) for c, t in asked]
+        # signatures (.commitmeta) are merged, never assumed present
+        missing = [name for name, (_, t), here in zip(names, asked, present, strict=True)
+                   if _TYPE_NAMES[t] == "commitmeta" or not here]
         self.writer.send_json(wire.MISSING, {"objects": missing})
         self.writer.flush()
         trace.mark("receiver: missing sent")
