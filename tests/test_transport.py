@@ -103,6 +103,8 @@ CONFIGS = [
     '[DEFAULT]\nurl=ssh://default/x\n[remote "releases"]\ngpg-verify=false\n',
     'url=ssh://nosection/x\n',
     '[remote "releases"]\nurl=\n',
+    '[remote "releases"]\nurl=ssh://e/v\x0burl=ssh://f/u\n',  # one line to configparser, two to splitlines
+    '[]\nurl=ssh://empty-section/x\n',
 ]
 
 
@@ -179,6 +181,20 @@ def test_descriptors_the_pusher_inherited_are_not_passed_on(tmp_path):
     held, *child_fds = (tmp_path / "out").read_text().split()
     assert held not in child_fds, (held, child_fds)
     assert {"0", "1", "2"} <= set(child_fds)
+
+
+def test_a_receiver_reaped_by_the_kernel_ends_as_popen_has_it_end():
+    """With SIGCHLD ignored (inherited from a parent that ignores it), the kernel reaps the
+    child: it is over, status 0 as subprocess takes it, and it is not signalled again."""
+    script = (
+        "import signal\n"
+        "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+        "from treeship.transfer.transport import Connection\n"
+        "conn = Connection(['sh', '-c', 'exit 0'])\n"
+        "print(conn.close(), conn.close(kill=True), conn.proc.returncode)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], check=True, timeout=60, capture_output=True, text=True)
+    assert out.stdout.split() == ["0", "0", "0"], out
 
 
 def test_a_command_that_is_not_there_is_one_clear_error():

@@ -143,12 +143,12 @@ def _plain_remote_url(files: list[str], name: str) -> tuple[bool, str | None]:
         except (OSError, UnicodeDecodeError):
             return False, None
         group = None
-        for line in text.splitlines():
+        for line in text.split("\n"):  # as configparser splits (not splitlines: \x0b, \x1c… too)
             if not line or line.startswith("#"):
                 continue
             if line.startswith("[") and line.endswith("]"):
                 group = line[1:-1]
-                if group == "DEFAULT":  # its keys show in every section: configparser knows
+                if group in ("DEFAULT", ""):  # keys shown in every section; an error: configparser knows
                     return False, None
                 continue
             key, eq, value = line.partition("=")
@@ -249,7 +249,8 @@ class _Child:
         if self.returncode is None:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
+            except ChildProcessError:  # reaped without us (SIGCHLD ignored): gone, as Popen takes it
+                self.returncode = 0
                 return self.returncode
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
@@ -259,10 +260,11 @@ class _Child:
         while self.returncode is None:
             try:
                 _, status = os.waitpid(self.pid, 0)
-            except ChildProcessError:
+            except ChildProcessError:  # as in poll(); its pid may be another process's by now
+                self.returncode = 0
                 break
             self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode if self.returncode is not None else -1
+        return self.returncode
 
     def kill(self) -> None:
         if self.poll() is None:
