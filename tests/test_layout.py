@@ -112,6 +112,12 @@ def test_objects_present_agrees_with_has_object(tmp_path, treeship, sample_tree)
         assert layout.objects_present(repo, order) == [layout.has_object(repo, c, t) for c, t in order]
     assert layout.objects_present(repo, here) == [t != "commit" for _, t in here]  # the commit: partial
     assert not any(layout.objects_present(repo, absent))
+    dangling = absent[0]  # a symlink to nothing: exists() says no, so must a listing
+    link = repo / "objects" / layout.object_relpath(dangling[0], "filez")
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(tmp_path / "nowhere")
+    assert layout.objects_present(repo, asked) == [layout.has_object(repo, c, t) for c, t in asked]
+    assert layout.objects_present(repo, [dangling] * layout.LIST_FROM) == [False] * layout.LIST_FROM
     busy = {c[:2] for c, _ in asked}
     assert any(sum(1 for c, _ in asked if c[:2] == d) >= layout.LIST_FROM for d in busy)  # listed
     assert any(sum(1 for c, _ in asked if c[:2] == d) < layout.LIST_FROM for d in busy)  # stat'ed

@@ -137,12 +137,22 @@ def objects_present(path: str | os.PathLike[str], objects: list[tuple[str, str]]
             continue
         directory, _, name = object_relpath(checksum, _SUFFIX[objtype]).partition("/")
         if directory not in listings:
-            try:
-                listings[directory] = frozenset(os.listdir(f"{path}/objects/{directory}"))
-            except (FileNotFoundError, NotADirectoryError):
-                listings[directory] = frozenset()
-        out.append(name in listings[directory])
+            listings[directory] = _existing(f"{path}/objects/{directory}")
+        listing = listings[directory]
+        out.append(has_object(path, checksum, objtype) if listing is None else name in listing)
     return out
+
+
+def _existing(directory: str) -> frozenset[str] | None:
+    """The names in ``directory`` that os.path.exists would find (a symlink only if its
+    target is there); empty if there is no such directory; None if it cannot be listed."""
+    try:
+        with os.scandir(directory) as entries:
+            return frozenset(e.name for e in entries if not e.is_symlink() or os.path.exists(e.path))
+    except (FileNotFoundError, NotADirectoryError):
+        return frozenset()
+    except OSError:  # unreadable, say: ask object by object, as has_object does
+        return None
 
 
 def remote_refs_present(path: str | os.PathLike[str]) -> bool:
