@@ -540,8 +540,8 @@ def targets(rows: list[Row], missing_bytes: int, static_delta_bytes: int) -> lis
     get = {(r.scenario, r.tool): r for r in rows}
     out = []
 
-    def add(name: str, value: float | None, limit: float, digits: int = 3) -> None:
-        # judged on the value itself: a ratio of 1.004 shown as "1.0" does not meet "<= 1.0"
+    def add(name: str, value: float | None, limit: float, digits: int = 4) -> None:
+        # judged on the value itself (a ratio of 1.004 once showed as "1.0 <= 1.0 met"), shown to 4 digits
         out.append({"target": name, "value": None if value is None else round(value, digits), "limit": limit,
                     "met": None if value is None else value <= limit})
 
