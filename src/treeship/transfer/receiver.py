@@ -151,11 +151,12 @@ class Receiver:
         self._loader = threading.Thread(target=load, name="treeship-load", daemon=True)
         self._loader.start()
 
-    def _has_object(self, checksum: str, objtype: int) -> bool:
-        """Repo.has_object, told from the files where the layout is plain (see layout.has_object)."""
+    def _present(self, objects: list[tuple[str, int]]) -> list[bool]:
+        """Repo.has_object for each, told from the files where the layout is plain (see
+        layout.objects_present)."""
         if self.heads is not None:
-            return layout.has_object(self.repo_path, checksum, _TYPE_NAMES[objtype])
-        return self.repo.has_object(checksum, objtype)
+            return layout.objects_present(self.repo_path, [(c, _TYPE_NAMES[t]) for c, t in objects])
+        return [self.repo.has_object(c, t) for c, t in objects]
 
     def run(self) -> None:
         try:
@@ -312,7 +313,7 @@ class Receiver:
         if current == u.new:
             u.status, u.reason = "uptodate", "already there"
             return
-        if current and self._has_object(u.new, int(OBJECT_TYPES["commit"])) \
+        if current and self._present([(u.new, int(OBJECT_TYPES["commit"]))])[0] \
                 and not self.repo.is_ancestor(current, u.new):
             self._check_rewind(u, force)
 
@@ -413,12 +414,8 @@ class Receiver:
         if not isinstance(names, list):
             raise TransferError("protocol error: QUERY without an object list")
         asked = [parse_object_name(name) for name in names]
-        if self.heads is not None:  # a plain layout: told from the files, a directory listed at a time
-            present = layout.objects_present(self.repo_path, [(c, _TYPE_NAMES[t]) for c, t in asked])
-        else:
-            present = [self.repo.has_object(c, t) for c, t in asked]
         # signatures (.commitmeta) are merged, never assumed present
-        missing = [name for name, (_, t), here in zip(names, asked, present, strict=True)
+        missing = [name for name, (_, t), here in zip(names, asked, self._present(asked), strict=True)
                    if _TYPE_NAMES[t] == "commitmeta" or not here]
         self.writer.send_json(wire.MISSING, {"objects": missing})
         self.writer.flush()
