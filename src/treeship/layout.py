@@ -126,20 +126,21 @@ def objects_present(path: str | os.PathLike[str], objects: list[tuple[str, str]]
     """has_object for many (checksum, type) at once, in order. Where several fall in one
     objects/XX directory it is listed once instead: a first push asks about thousands of
     objects, and a stat each (most of them failing) took ~12 ms of its start."""
+    where = [object_relpath(checksum, _SUFFIX[objtype]).partition("/") for checksum, objtype in objects]
     per_dir: dict[str, int] = {}
-    for checksum, _ in objects:
-        per_dir[checksum[:2]] = per_dir.get(checksum[:2], 0) + 1
-    listings: dict[str, frozenset[str]] = {}
+    for directory, _, _ in where:
+        per_dir[directory] = per_dir.get(directory, 0) + 1
+    listings: dict[str, frozenset[str] | None] = {}
     out = []
-    for checksum, objtype in objects:
-        if objtype == "commit" or per_dir[checksum[:2]] < LIST_FROM:
-            out.append(has_object(path, checksum, objtype))
-            continue
-        directory, _, name = object_relpath(checksum, _SUFFIX[objtype]).partition("/")
-        if directory not in listings:
-            listings[directory] = _existing(f"{path}/objects/{directory}")
-        listing = listings[directory]
-        out.append(has_object(path, checksum, objtype) if listing is None else name in listing)
+    for (checksum, objtype), (directory, _, name) in zip(objects, where, strict=True):
+        if objtype != "commit" and per_dir[directory] >= LIST_FROM:
+            if directory not in listings:
+                listings[directory] = _existing(f"{path}/objects/{directory}")
+            listing = listings[directory]
+            if listing is not None:
+                out.append(name in listing)
+                continue
+        out.append(has_object(path, checksum, objtype))
     return out
 
 
