@@ -13,6 +13,7 @@ so plain URLs, commands and paths are handled here and the process is started wi
 
 from __future__ import annotations
 
+import _signal  # loaded by every Python at start-up (signal.py would import enum)
 import os
 import sys
 
@@ -222,8 +223,6 @@ class _Child:
     needs of ``subprocess.Popen`` (which would cost ~10 ms to import before SSH starts)."""
 
     def __init__(self, argv: list[str]) -> None:
-        import _signal  # loaded by every Python at start-up (signal.py would import enum)
-
         ours: list[int] = []
         theirs: list[int] = []
         try:
@@ -269,7 +268,7 @@ class _Child:
     def kill(self) -> None:
         if self.poll() is None:
             try:
-                os.kill(self.pid, 9)  # SIGKILL
+                os.kill(self.pid, _signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
