@@ -1,4 +1,4 @@
-"""Repo.sync: one syncfs(2) on the repository's file system, unless its config says
+"""Repo.sync_in_background: one syncfs(2) on the repository's file system, unless its config says
 ``core.fsync=false`` (libostree's switch, honoured as libostree honours it)."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(STRACE is None, reason="strace is not installed"
 
 def _syncfs_calls(repo: Path) -> list[str]:
     out = subprocess.run([STRACE, "-f", "-qq", "-e", "trace=syncfs,sync", "-o", "/dev/stderr", sys.executable, "-c",
-                          "import sys; from treeship.repo import Repo; Repo.open(sys.argv[1]).sync()", str(repo)],
+                          "import sys; from treeship.repo import Repo; "
+                          "Repo.open(sys.argv[1]).sync_in_background().result()", str(repo)],
                          capture_output=True, text=True, check=True, timeout=120)
     return [line for line in out.stderr.splitlines() if "sync" in line and "exited" not in line]
 

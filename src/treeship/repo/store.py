@@ -208,21 +208,17 @@ class _Store(_Core):
         self.verify_object(src, checksum, objtype, max_size)
         self.place_object(src, checksum, objtype)
 
-    def sync(self) -> None:
+    def sync_in_background(self) -> Future[None]:
         """Put what was written to the repository on stable storage (one ``syncfs``, as
-        libostree does before a transaction moves refs), unless its ``core.fsync`` is false.
+        libostree does before a transaction moves refs), unless its ``core.fsync`` is false;
+        the flush runs in a thread of its own, since it waits for the disk and the caller can
+        go on meanwhile (the receiver checks closures). ``result()`` waits for it and raises
+        what it raised. Whether to flush is read here, in the calling thread.
 
         A push writes its objects without flushing each (thousands of fsyncs cost far more
         than one syncfs). This is the line after which the receiver calls a commit complete
         or points a ref at it: a power cut must not leave a ref to objects the disk never got.
         """
-        if not self._repo.get_disable_fsync():
-            _flush(self.path)
-
-    def sync_in_background(self) -> Future[None]:
-        """Repo.sync, the flush itself in a thread of its own: it waits for the disk, and the
-        caller can go on meanwhile (the receiver checks closures). ``result()`` waits for it
-        and raises what it raised. Whether to flush is read here, in the calling thread."""
         done: Future[None] = Future()
         if self._repo.get_disable_fsync():
             done.set_result(None)
