@@ -420,6 +420,10 @@ class Receiver:
         self.writer.send_json(wire.MISSING, {"objects": missing})
         self.writer.flush()
         trace.mark("receiver: missing sent")
+        if missing:  # objects follow: their buffers are freed and taken again thousands of times
+            from ..heap import keep_freed_memory
+
+            keep_freed_memory()
         # Objects follow, content first, which needs no libostree: it loads meanwhile. (Not
         # earlier: importing it holds the GIL, and answering this query would wait for it.)
         self._start_loading()
