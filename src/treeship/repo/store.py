@@ -160,6 +160,14 @@ class _Store(_Core):
             return f"dirtree {e.checksum} is missing"
         return None
 
+    def open_stored_object(self, checksum: str, objtype: int) -> int | None:
+        """A read-only descriptor on the object's file where it is stored as it travels (every
+        object of an archive repository, metadata of any); None where content must be
+        converted first (a bare repository: read_object_chunks). The caller closes it."""
+        if objtype == OSTree.ObjectType.FILE and self.mode != "archive":
+            return None
+        return os.open(f"{self.path}/objects/{self.object_relpath(checksum, objtype)}", os.O_RDONLY | os.O_CLOEXEC)
+
     def read_object_chunks(self, checksum: str, objtype: int, chunk: int = 1 << 20) -> Iterator[bytes]:
         """An object in archive form (content compressed), as the receiver stores it."""
         if objtype != OSTree.ObjectType.FILE or self.mode == "archive":

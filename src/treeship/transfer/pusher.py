@@ -214,9 +214,16 @@ def _send(repo: Repo, reader: wire.Reader, writer: wire.Writer, go: list[RefResu
     done_objects = done_bytes = 0
     for csum, objtype in missing:
         writer.send(wire.OBJECT, bytes([objtype]) + bytes.fromhex(csum))
-        for chunk in repo.read_object_chunks(csum, objtype, wire.CHUNK):
-            writer.send(wire.DATA, chunk)
-            done_bytes += len(chunk)
+        fd = repo.open_stored_object(csum, objtype)
+        if fd is None:
+            for chunk in repo.read_object_chunks(csum, objtype, wire.CHUNK):
+                writer.send(wire.DATA, chunk)
+                done_bytes += len(chunk)
+        else:
+            try:
+                done_bytes += writer.send_file(fd)
+            finally:
+                os.close(fd)
         writer.send(wire.END)
         done_objects += 1
         if progress:

@@ -47,6 +47,7 @@ ALL_TYPES = CONTROL_TYPES | {OBJECT, DATA, END}
 MAX_CONTROL = 16 << 20  # a QUERY of ~250k object names
 MAX_DATA = 1 << 20
 CHUNK = 1 << 20
+SENDFILE_FROM = 64 << 10  # Writer.send_file: files this large are copied by the kernel
 PIPE_SIZE = 1 << 20  # Linux's pipe-max-size by default: the most an unprivileged process may ask for
 _HEADER = struct.Struct(">cI")
 
@@ -166,12 +167,50 @@ class Writer:
     def send_json(self, ftype: bytes, obj: dict[str, Any]) -> None:
         self.send(ftype, json.dumps(obj, separators=(",", ":")).encode())
 
+    def send_file(self, fd: int) -> int:
+        """The open file ``fd``, from its start, as DATA frames (none if it is empty); returns
+        its size. Small files join the batch; from SENDFILE_FROM on, the kernel copies the
+        file into the descriptor (``sendfile``) where Python would read it, join it into the
+        batch and write it: a first push's large objects are most of its bytes, and on two
+        busy cores every copy the pusher saves is CPU for the receiving end.
+        """
+        size = os.fstat(fd).st_size
+        if size < SENDFILE_FROM or self.timeout is not None:  # sendfile cannot honour a timeout
+            done = 0
+            while done < size:
+                block = os.read(fd, min(size - done, CHUNK))
+                if not block:
+                    raise TransferError("a file shrank while it was being sent")
+                self.send(DATA, block)
+                done += len(block)
+            return size
+        self.flush()
+        offset = 0
+        try:
+            while offset < size:
+                end = offset + min(CHUNK, size - offset)
+                self._write(memoryview(_HEADER.pack(DATA, end - offset)))
+                while offset < end:
+                    sent = os.sendfile(self.fd, fd, offset, end - offset)
+                    if not sent:
+                        raise TransferError("a file shrank while it was being sent")
+                    offset += sent
+                    self.bytes_written += sent
+        except BrokenPipeError:
+            raise TransferError("connection closed by the peer") from None
+        except OSError as e:
+            raise TransferError(f"connection lost: {e.strerror}") from None
+        return size
+
     def flush(self) -> None:
         if not self._pending:
             return
         data = memoryview(b"".join(self._pending))
         self._pending.clear()
         self._pending_size = 0
+        self._write(data)
+
+    def _write(self, data: memoryview) -> None:
         try:
             while data:
                 if self.timeout is not None:

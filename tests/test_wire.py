@@ -1,0 +1,86 @@
+"""wire.Writer.send_file: a file's bytes as DATA frames, through the batch or through
+sendfile(2), exactly as sending the file's chunks would put them on the wire."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from treeship.errors import TransferError
+from treeship.transfer import wire
+
+SIZES = [0, 1, 4096, wire.SENDFILE_FROM - 1, wire.SENDFILE_FROM, wire.CHUNK - 1, wire.CHUNK,
+         wire.CHUNK + 1, 3 * wire.CHUNK + 12345]
+
+
+def _stream(send: object) -> bytes:
+    """Everything a Writer puts into a pipe while ``send(writer)`` runs, then FINISH."""
+    rfd, wfd = os.pipe()
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.extend(iter(lambda: os.read(rfd, 1 << 16), b"")))
+    reader.start()
+    try:
+        writer = wire.Writer(wfd)
+        send(writer)  # type: ignore[operator]
+        writer.send_json(wire.FINISH, {})
+        writer.flush()
+    finally:
+        os.close(wfd)
+        reader.join()
+        os.close(rfd)
+    return b"".join(got)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_send_file_puts_the_same_frames_on_the_wire_as_its_chunks(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    path = tmp_path / "object"
+    path.write_bytes(data)
+
+    def by_chunks(writer: wire.Writer) -> None:
+        writer.send(wire.OBJECT, b"\x01" + bytes(32))
+        for i in range(0, size, wire.CHUNK):
+            writer.send(wire.DATA, data[i:i + wire.CHUNK])
+        writer.send(wire.END)
+
+    def by_file(writer: wire.Writer) -> None:
+        writer.send(wire.OBJECT, b"\x01" + bytes(32))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert writer.send_file(fd) == size
+        finally:
+            os.close(fd)
+        writer.send(wire.END)
+
+    expected = _stream(by_chunks)
+    assert _stream(by_file) == expected
+    # and the receiving end reads it back as the file
+    rfd, wfd = os.pipe()
+    writer_thread = threading.Thread(target=lambda: (os.write(wfd, expected), os.close(wfd)))
+    writer_thread.start()
+    reader = wire.Reader(rfd)
+    assert reader.read().type == wire.OBJECT
+    body = []
+    while (frame := reader.read()).type == wire.DATA:
+        assert 0 < len(frame.payload) <= wire.MAX_DATA
+        body.append(frame.payload)
+    assert frame.type == wire.END and b"".join(body) == data
+    writer_thread.join()
+    os.close(rfd)
+
+
+def test_send_file_to_a_closed_peer_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "object"
+    path.write_bytes(os.urandom(2 * wire.CHUNK))
+    rfd, wfd = os.pipe()
+    os.close(rfd)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(TransferError, match="connection closed by the peer"):
+            wire.Writer(wfd).send_file(fd)
+    finally:
+        os.close(fd)
+        os.close(wfd)
