@@ -63,6 +63,8 @@ SCENARIOS = ("first", "incremental", "noop")
 TOOLS = ("treeship", "treeship-delta", "ostree-push", "rsync", "tar-limit", "ssh-true")
 DELTA_ONLY_IN = "incremental"  # treeship-delta pushes onto a head: the other scenarios have none, or no change
 TIME = "/usr/bin/time"
+PROBE_FILES = 2000  # inode_probe: new empty files timed in the workdir, and in tmpfs
+SLOW_INODES = 6.0  # a new file costing more than this many times tmpfs's: the disk is in a slow state
 QUICK_SPEC = release_bench.TreeSpec(files=300, total_bytes=15 * MB, big_files=5)
 
 
@@ -566,6 +568,38 @@ def targets(rows: list[Row], missing_bytes: int, static_delta_bytes: int) -> lis
     return out
 
 
+def inode_probe(work: Path) -> dict[str, Any]:
+    """What one new (empty) file costs in the workdir right now, in microseconds, against tmpfs.
+
+    Why: every push creates thousands of files, and on ext4 without a journal (this VM's
+    root) new inodes are slow for minutes after many files were deleted: the kernel will not
+    reuse an inode deleted less than 60 s ago (300 s while its inode-table block is dirty;
+    ``recently_deleted()`` in fs/ext4/ialloc.c) and checks every free one it passes. A
+    first push then takes up to twice as long, for every tool and not in proportion, and the
+    table would not say why. Measured here: 24 us a file when the disk is settled (tmpfs:
+    9), 150-160 us in the minutes after 82,000 files were deleted. The probe's files stay in
+    the workdir, which is deleted at the end: deleting them now would cause what is probed.
+    """
+    def per_file(directory: Path) -> float:
+        directory.mkdir()
+        start = time.perf_counter()
+        for i in range(PROBE_FILES):
+            os.close(os.open(directory / str(i), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        return (time.perf_counter() - start) / PROBE_FILES * 1e6
+
+    out: dict[str, Any] = {"workdir_us_per_file": round(per_file(work / f"inode-probe-{time.monotonic_ns()}"), 1),
+                           "tmpfs_us_per_file": None, "slow": False}
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        scratch = Path(tempfile.mkdtemp(prefix="push-bench-probe-", dir=shm))
+        try:
+            out["tmpfs_us_per_file"] = round(per_file(scratch / "p"), 1)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        out["slow"] = out["workdir_us_per_file"] > SLOW_INODES * max(out["tmpfs_us_per_file"], 1.0)
+    return out
+
+
 def source_revision(treeship: str) -> str:
     """The git commit of the treeship being measured, '+dirty' when its src/ has local changes."""
     python = Path(treeship).with_name("python")
@@ -591,6 +625,11 @@ def versions(env: Env) -> dict[str, str]:
             "treeship-source": source_revision(env.treeship)}
 
 
+def probe_text(p: dict[str, Any]) -> str:
+    tmpfs = p["tmpfs_us_per_file"]
+    return f"{p['workdir_us_per_file']} us" + (f" (tmpfs {tmpfs} us)" if tmpfs is not None else "")
+
+
 def fmt_bytes(n: int | None) -> str:
     if n is None:
         return "-"
@@ -611,6 +650,12 @@ def print_report(rep: dict[str, Any], rows: list[Row]) -> None:
           f"edited in place, {ch['small_edited']} small files edited, {ch['added']} added, {ch['removed']} removed); "
           f"missing objects {sz['missing_objects']}, {fmt_bytes(sz['missing_bytes'])}; static delta 1->2 "
           f"{fmt_bytes(sz['static_delta_bytes'])}")
+    probes = "; ".join(f"before {p['before']} {probe_text(p)}" for p in rep["inode_probes"])
+    print(f"a new file in the workdir: {probes}")
+    for p in rep["inode_probes"]:
+        if p["slow"]:
+            print(f"WARNING: new files were slow on this disk before the {p['before']} scenario (files deleted "
+                  f"in the last minutes?): its times may be inflated for every tool, not in proportion")
     if rep.get("ostree_push_error"):
         print(f"ostree-push: NOT RUN: {rep['ostree_push_error']}")
     print()
@@ -695,7 +740,12 @@ def main(argv: list[str] | None = None) -> int:
             lists = tar_lists(env)
             templates: dict[str, Path] = {}
             samples: list[Sample] = []
+            probes: list[dict[str, Any]] = []
             for scenario in SCENARIOS:
+                probes.append({"before": scenario, **inode_probe(work)})
+                if probes[-1]["slow"]:
+                    log(f"warning: new files are slow on this disk right now ({probe_text(probes[-1])}); "
+                        f"the {scenario} scenario's times may be inflated for every tool")
                 samples += run_scenario(env, scenario, tools, runs, proxy, templates, lists)
             proxy.close()
             load_after = os.getloadavg()[0]
@@ -709,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(samples)
     rep = {"machine": m, "versions": vers, "runs": runs, "quick": args.quick, "tree": asdict(tree),
            "changes": {**asdict(changes), "changed": changes.changed}, "sizes": sizes,
-           "load_before": round(load_before, 2), "load_after": round(load_after, 2),
+           "load_before": round(load_before, 2), "load_after": round(load_after, 2), "inode_probes": probes,
            "ostree_push_error": opush_error, "commits": [env.commit1, env.commit2],
            "targets": targets(rows, sizes["missing_bytes"], sizes["static_delta_bytes"]),
            "rows": [asdict(r) for r in rows],
