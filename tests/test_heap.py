@@ -3,8 +3,11 @@ again and again (as the receiver's reading and inflating do) stops faulting them
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
+
+import pytest
 
 CHURN = """
 import random, resource, sys, threading
@@ -30,8 +33,11 @@ def _faults(mode: str) -> int:
     return int(out.stdout)
 
 
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt's thresholds are glibc's")
 def test_freed_buffers_are_reused_not_faulted_in_again() -> None:
-    default, kept = _faults("default"), _faults("keep")
+    default = _faults("default")
     # 1,200 buffers of 2 MB on average: about 600,000 pages if each were faulted in anew
-    assert default > 50_000, default  # glibc's default does fault them in (else this test proves nothing)
+    if default < 50_000:  # huge pages, a preloaded allocator, MALLOC_* in the environment...
+        pytest.skip(f"glibc's defaults did not fault the buffers in anew here ({default} faults)")
+    kept = _faults("keep")
     assert kept * 10 < default, (kept, default)

@@ -3,28 +3,30 @@ sendfile(2), exactly as sending the file's chunks would put them on the wire."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from treeship.errors import TransferError
+from treeship.errors import StorageError, TransferError
 from treeship.transfer import wire
 
 SIZES = [0, 1, 4096, wire.SENDFILE_FROM - 1, wire.SENDFILE_FROM, wire.CHUNK - 1, wire.CHUNK,
          wire.CHUNK + 1, 3 * wire.CHUNK + 12345]
 
 
-def _stream(send: object) -> bytes:
+def _stream(send: Callable[[wire.Writer], None], timeout: float | None = None) -> bytes:
     """Everything a Writer puts into a pipe while ``send(writer)`` runs, then FINISH."""
     rfd, wfd = os.pipe()
     got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.extend(iter(lambda: os.read(rfd, 1 << 16), b"")))
+    reader = threading.Thread(target=lambda: got.extend(iter(lambda: os.read(rfd, 1 << 16), b"")), daemon=True)
     reader.start()
     try:
-        writer = wire.Writer(wfd)
-        send(writer)  # type: ignore[operator]
+        writer = wire.Writer(wfd, timeout)
+        send(writer)
         writer.send_json(wire.FINISH, {})
         writer.flush()
     finally:
@@ -57,19 +59,66 @@ def test_send_file_puts_the_same_frames_on_the_wire_as_its_chunks(tmp_path: Path
 
     expected = _stream(by_chunks)
     assert _stream(by_file) == expected
+    assert _stream(by_file, timeout=30) == expected  # a Writer with a timeout reads and batches instead
     # and the receiving end reads it back as the file
     rfd, wfd = os.pipe()
-    writer_thread = threading.Thread(target=lambda: (os.write(wfd, expected), os.close(wfd)))
-    writer_thread.start()
-    reader = wire.Reader(rfd)
-    assert reader.read().type == wire.OBJECT
-    body = []
-    while (frame := reader.read()).type == wire.DATA:
-        assert 0 < len(frame.payload) <= wire.MAX_DATA
-        body.append(frame.payload)
-    assert frame.type == wire.END and b"".join(body) == data
-    writer_thread.join()
-    os.close(rfd)
+    feeder = threading.Thread(target=lambda: (os.write(wfd, expected), os.close(wfd)), daemon=True)
+    feeder.start()
+    try:
+        reader = wire.Reader(rfd)
+        assert reader.read().type == wire.OBJECT
+        body = []
+        while (frame := reader.read()).type == wire.DATA:
+            assert 0 < len(frame.payload) <= wire.MAX_DATA
+            body.append(frame.payload)
+        assert frame.type == wire.END and b"".join(body) == data
+    finally:
+        os.close(rfd)
+
+
+def test_send_file_where_sendfile_is_refused_falls_back_to_reading(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that cannot sendfile into a pipe (EINVAL): the same bytes, read and written."""
+    data = os.urandom(2 * wire.CHUNK + 7)
+    path = tmp_path / "object"
+    path.write_bytes(data)
+    calls = []
+    real = os.sendfile
+
+    def refuse_after_one(out: int, fd: int, offset: int, n: int) -> int:
+        calls.append(offset)
+        if len(calls) > 1:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real(out, fd, offset, min(n, 1000))  # a short send first, then the refusal
+
+    def by_file(writer: wire.Writer) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            writer.send_file(fd)
+        finally:
+            os.close(fd)
+
+    def by_chunks(writer: wire.Writer) -> None:
+        for i in range(0, len(data), wire.CHUNK):
+            writer.send(wire.DATA, data[i:i + wire.CHUNK])
+
+    expected = _stream(by_chunks)
+    monkeypatch.setattr(os, "sendfile", refuse_after_one)
+    assert _stream(by_file) == expected
+    assert len(calls) >= 2
+
+
+def test_an_object_file_shorter_than_its_size_said_is_a_local_error(tmp_path: Path) -> None:
+    """send_file sends as many bytes as fstat said: a file cut meanwhile is the pusher's
+    repository's problem (StorageError), not a lost connection."""
+    path = tmp_path / "object"
+    path.write_bytes(os.urandom(100))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(StorageError, match="shrank"):
+            wire._pread(fd, 200, 0)
+    finally:
+        os.close(fd)
 
 
 def test_send_file_to_a_closed_peer_is_one_clear_error(tmp_path: Path) -> None:

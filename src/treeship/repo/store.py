@@ -170,8 +170,9 @@ class _Store(_Core):
 
     def read_object_chunks(self, checksum: str, objtype: int, chunk: int = 1 << 20) -> Iterator[bytes]:
         """An object in archive form (content compressed), as the receiver stores it."""
-        if objtype != OSTree.ObjectType.FILE or self.mode == "archive":
-            with open(f"{self.path}/objects/{self.object_relpath(checksum, objtype)}", "rb", buffering=0) as f:
+        fd = self.open_stored_object(checksum, objtype)
+        if fd is not None:
+            with open(fd, "rb", buffering=0) as f:
                 while block := f.read(chunk):
                     yield block
             return

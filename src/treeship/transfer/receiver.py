@@ -139,6 +139,11 @@ class Receiver:
     def _start_loading(self) -> None:
         if self._repo is not None or self._loader is not None:
             return
+        from ..heap import keep_freed_memory
+
+        # Objects follow, their buffers freed and taken again thousands of times. Set while
+        # this is the only thread (mallopt is not safe against other threads allocating).
+        keep_freed_memory()
 
         def load() -> None:
             try:
@@ -420,10 +425,6 @@ class Receiver:
         self.writer.send_json(wire.MISSING, {"objects": missing})
         self.writer.flush()
         trace.mark("receiver: missing sent")
-        if missing:  # objects follow: their buffers are freed and taken again thousands of times
-            from ..heap import keep_freed_memory
-
-            keep_freed_memory()
         # Objects follow, content first, which needs no libostree: it loads meanwhile. (Not
         # earlier: importing it holds the GIL, and answering this query would wait for it.)
         self._start_loading()

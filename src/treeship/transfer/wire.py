@@ -9,6 +9,7 @@ hostile length field costs nothing; a silent peer hits the idle timeout, not a h
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -16,7 +17,7 @@ import select
 import struct
 from dataclasses import dataclass
 
-from ..errors import TransferError
+from ..errors import StorageError, TransferError
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs a receiver ~10 ms
 if TYPE_CHECKING:
@@ -88,6 +89,20 @@ def encode(ftype: bytes, payload: bytes = b"") -> bytes:
 
 def encode_json(ftype: bytes, obj: dict[str, Any]) -> bytes:
     return encode(ftype, json.dumps(obj, separators=(",", ":")).encode())
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    """Exactly ``n`` bytes of ``fd`` from ``offset`` (a file's size was taken from fstat)."""
+    try:
+        data = os.pread(fd, n, offset)
+        while len(data) < n:
+            more = os.pread(fd, n - len(data), offset + len(data))
+            if not more:
+                raise StorageError("an object file shrank while it was being sent")
+            data += more
+    except OSError as e:
+        raise StorageError(f"reading an object to send: {e.strerror}") from None
+    return data
 
 
 class Reader:
@@ -176,31 +191,36 @@ class Writer:
         """
         size = os.fstat(fd).st_size
         if size < SENDFILE_FROM or self.timeout is not None:  # sendfile cannot honour a timeout
-            done = 0
-            while done < size:
-                block = os.read(fd, min(size - done, CHUNK))
-                if not block:
-                    raise TransferError("a file shrank while it was being sent")
-                self.send(DATA, block)
-                done += len(block)
+            for offset in range(0, size, CHUNK):
+                self.send(DATA, _pread(fd, min(CHUNK, size - offset), offset))
             return size
-        self.flush()
-        offset = 0
+        for offset in range(0, size, CHUNK):
+            n = min(CHUNK, size - offset)
+            self._pending.append(_HEADER.pack(DATA, n))  # the header goes out with the batch before it
+            self.flush()
+            self._copy_file(fd, offset, n)
+        return size
+
+    def _copy_file(self, fd: int, offset: int, n: int) -> None:
+        """``n`` bytes of ``fd`` from ``offset`` into the descriptor, by sendfile; by pread and
+        write where the file system cannot send a file into a pipe."""
+        end = offset + n
         try:
-            while offset < size:
-                end = offset + min(CHUNK, size - offset)
-                self._write(memoryview(_HEADER.pack(DATA, end - offset)))
-                while offset < end:
-                    sent = os.sendfile(self.fd, fd, offset, end - offset)
-                    if not sent:
-                        raise TransferError("a file shrank while it was being sent")
-                    offset += sent
-                    self.bytes_written += sent
+            while offset < end:
+                sent = os.sendfile(self.fd, fd, offset, end - offset)
+                if not sent:
+                    raise StorageError("an object file shrank while it was being sent")
+                offset += sent
+                self.bytes_written += sent
         except BrokenPipeError:
             raise TransferError("connection closed by the peer") from None
         except OSError as e:
-            raise TransferError(f"connection lost: {e.strerror}") from None
-        return size
+            if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise StorageError(f"reading an object to send: {e.strerror}") from None
+            while offset < end:
+                block = _pread(fd, min(CHUNK, end - offset), offset)
+                self._write(memoryview(block))
+                offset += len(block)
 
     def flush(self) -> None:
         if not self._pending:
