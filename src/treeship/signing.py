@@ -28,10 +28,7 @@ import nacl.exceptions
 import nacl.signing
 
 from .errors import RepoError, SigningError, UsageError, VerificationError
-from .repo import GpgSignature, Repo
-
-ED25519_KEY = "ostree.sign.ed25519"
-GPG_KEY = "ostree.gpgsigs"
+from .repo import ED25519_KEY, GPG_KEY, GpgSignature, Repo
 
 
 @dataclass(frozen=True)

@@ -625,7 +625,7 @@ def test_signature_copied_from_another_commit(hostile, rel, branch):
                          object_frames(T["commitmeta"], commit, stolen), finish()), "--config", str(rel.policy))
     status = out.ref_status()[branch]
     reason = "not signed by a key the policy trusts" if branch == MAIN else "bad signature"
-    assert status["status"] == "rejected" and reason in status["reason"], status
+    assert status["status"] == "rejected" and reason in status["reason"], status["reason"]
     assert not object_path(out.repo, f"{commit}.commitmeta").exists()
 
 
@@ -637,6 +637,95 @@ def test_signatures_for_a_commit_the_push_does_not_move_to(hostile, rel, server_
                          object_frames(T["commitmeta"], rel.v1, forged), finish()), repo=server_with_v1)
     assert out.rc == 11 and "no branch of this push is moving to" in out.error, out.error
     assert object_path(server_with_v1, f"{rel.v1}.commitmeta").read_bytes() == before
+
+
+def _commitmeta(**entries: list[bytes]) -> bytes:
+    """A .commitmeta (a{sv}) with ``aay`` entries, keys spelled with "_" for "." (ostree_sign_ed25519)."""
+    value = {k.replace("_", "."): GLib.Variant("aay", v) for k, v in entries.items()}
+    return bytes(GLib.Variant("a{sv}", value).get_data_as_bytes().get_data())
+
+
+@pytest.fixture(scope="module")
+def unbound(tmp_path_factory: pytest.TempPathFactory, ed25519_key) -> tuple[Path, str]:
+    """A commit made by plain `ostree commit` (no ostree.ref-binding: any branch may point at it),
+    signed by the policy's ed25519 key, in a local repository."""
+    from treeship.repo import Repo
+    from treeship.signing import ed25519_sign, load_ed25519_secret
+
+    root = tmp_path_factory.mktemp("unbound")
+    local = root / "local"
+    ostree("init", "--repo", local, "--mode=archive")
+    tree = write_tree(root / "tree", n=6, tag="unbound")
+    commit = ostree("commit", "--repo", local, "--branch", "main/plain", "--no-bindings", "--canonical-permissions",
+                    "-s", "plain", tree).stdout.strip()
+    ed25519_sign(Repo.open(local), commit, [load_ed25519_secret(ed25519_key.secret)])
+    return local, commit
+
+
+@pytest.mark.parametrize("branch,config,reason", [
+    ("scratch/x", False, "whose policy checks them"),  # no policy at all
+    ("scratch/x", True, "whose policy checks them"),  # a policy, but no rule for this branch
+    ("main/other", True, "only signatures that a key the policy trusts made"),  # a rule; its key did not sign
+])
+def test_junk_signatures_for_a_commit_already_here_through_another_branch(hostile, rel, unbound, tmp_path,
+                                                                            branch, config, reason):
+    """A key allowed on some branch points it at main's commit (here already, bound to no branch)
+    and attaches a signature no trusted key made: refused, and the commit's signatures stay as
+    they were. (Merged, it would make main's commit fail verification from then on.)"""
+    local, commit = unbound
+    repo = tmp_path / "srv"
+    ostree("init", "--repo", repo, "--mode=archive")
+    out = hostile(stream(update(("main/plain", None, commit)), objects_of(local, commit), finish()),
+                  "--config", str(rel.policy), repo=repo, moved={"main/plain": commit})
+    assert out.ref_status()["main/plain"]["status"] == "ok", out
+    before = object_path(repo, f"{commit}.commitmeta").read_bytes()
+    junk = _commitmeta(ostree_sign_ed25519=[bytes(64)])
+    args = ("--config", str(rel.policy)) if config else ()
+    out = hostile(stream(update((branch, None, commit)), object_frames(T["commitmeta"], commit, junk), finish()),
+                  *args, repo=repo)
+    status = out.ref_status()[branch]
+    assert status["status"] == "rejected" and reason in status["reason"], status["reason"]
+    assert object_path(repo, f"{commit}.commitmeta").read_bytes() == before
+
+
+def test_other_detached_metadata_for_a_commit_already_here_is_refused(hostile, rel, unbound, tmp_path):
+    local, commit = unbound
+    repo = tmp_path / "srv"
+    ostree("init", "--repo", repo, "--mode=archive")
+    hostile(stream(update(("main/plain", None, commit)), objects_of(local, commit), finish()),
+            "--config", str(rel.policy), repo=repo, moved={"main/plain": commit})
+    before = object_path(repo, f"{commit}.commitmeta").read_bytes()
+    out = hostile(stream(update(("main/other", None, commit)),
+                         object_frames(T["commitmeta"], commit, _commitmeta(ostree_sign_dummy=[b"x"])), finish()),
+                  "--config", str(rel.policy), repo=repo)
+    status = out.ref_status()["main/other"]
+    assert status["status"] == "rejected" and "not ostree.sign.dummy" in status["reason"], status["reason"]
+    assert object_path(repo, f"{commit}.commitmeta").read_bytes() == before
+
+
+def test_a_trusted_signature_added_to_a_commit_already_here(hostile, rel, ed25519_key, tmp_path):
+    """Sign after QA: a commit pushed unsigned to one branch, then pushed to a signed branch with
+    a signature the policy's key made, carries that signature from then on."""
+    from treeship.signing import ed25519_sign_data, load_ed25519_secret
+
+    local = tmp_path / "local"
+    ostree("init", "--repo", local, "--mode=archive")
+    commit = ostree("commit", "--repo", local, "--branch", "qa/x86_64", "--no-bindings", "-s", "qa",
+                    write_tree(tmp_path / "tree", n=4, tag="qa")).stdout.strip()
+    repo = tmp_path / "srv"
+    ostree("init", "--repo", repo, "--mode=archive")
+    out = hostile(stream(update(("qa/x86_64", None, commit)), objects_of(local, commit), finish()),
+                  repo=repo, moved={"qa/x86_64": commit})
+    assert out.ref_status()["qa/x86_64"]["status"] == "ok", out
+    sig = ed25519_sign_data(load_ed25519_secret(ed25519_key.secret),
+                            object_path(local, f"{commit}.commit").read_bytes())
+    meta_frames = object_frames(T["commitmeta"], commit, _commitmeta(ostree_sign_ed25519=[sig]))
+    out = hostile(stream(update((MAIN, None, commit)), meta_frames, finish()),
+                  "--config", str(rel.policy), repo=repo, moved={"qa/x86_64": commit, MAIN: commit})
+    assert out.ref_status()[MAIN]["status"] == "ok", out
+    meta = GLib.Variant.new_from_bytes(GLib.VariantType.new("a{sv}"),
+                                       GLib.Bytes.new(object_path(repo, f"{commit}.commitmeta").read_bytes()), False)
+    assert [bytes(s) for s in meta.lookup_value("ostree.sign.ed25519", None).unpack()] == [sig]
 
 
 def test_signatures_for_others_are_refused_as_they_arrive(hostile, rel, server_with_v1):

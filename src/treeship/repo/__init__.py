@@ -34,7 +34,7 @@ from .deltas import (
 )
 from .refs import Commit, _Refs, validate_branch
 from .remotes import _Remotes
-from .signatures import GpgSignature, _Signatures
+from .signatures import ED25519_KEY, GPG_KEY, GpgSignature, _Signatures
 from .store import _Store, check_archive_header
 from .summary import SUMMARY_DIR, _Summary
 from .trees import FileProgress, TreeChange, TreeStats, _Trees, canonical_mode
@@ -42,6 +42,8 @@ from .trees import FileProgress, TreeChange, TreeStats, _Trees, canonical_mode
 __all__ = [
     "DELTA_PART_TYPE",
     "DELTA_SUPERBLOCK_TYPE",
+    "ED25519_KEY",
+    "GPG_KEY",
     "MODES",
     "OBJECT_TYPES",
     "SUMMARY_DIR",

@@ -9,6 +9,9 @@ from typing import Any
 from ..errors import RepoError, SigningError, TransferError
 from .core import Gio, GLib, OSTree, _Core, _from_variant, _storage_error
 
+GPG_KEY = "ostree.gpgsigs"  # where OSTree keeps a commit's signatures, in its detached metadata
+ED25519_KEY = "ostree.sign.ed25519"
+
 
 @dataclass
 class GpgSignature:
@@ -119,7 +122,7 @@ class _Signatures(_Core):
 
     def gpg_verify(self, checksum: str, keyring_dir: str | None, keyring_file: str | None) -> list[GpgSignature]:
         """Every GPG signature on the commit, checked against the given keyrings only."""
-        if not self.detached_metadata(checksum).get("ostree.gpgsigs"):
+        if not self.detached_metadata(checksum).get(GPG_KEY):
             return []
         d = Gio.File.new_for_path(keyring_dir) if keyring_dir else None
         f = Gio.File.new_for_path(keyring_file) if keyring_file else None

@@ -115,6 +115,7 @@ class Receiver:
         self.closure: dict[str, str | None] = {}  # commit → what is missing (None: complete)
         self.signatures: dict[str, dict[str, list[bytes]]] = {}  # commit → signatures received for it
         self.commitmeta: dict[str, bytes] = {}  # commit → its received .commitmeta, merged once refs move
+        self.placed: set[str] = set()  # commits this push brought into the repository (not here before)
         self.heads: dict[str, str] | None = None  # the branches as the session began (None: ask libostree)
 
         self._repo: Repo | None = None
@@ -246,6 +247,7 @@ class Receiver:
                     if not repo.has_commit(csum):
                         repo.mark_partial(csum, True)  # until its closure is known to be here
                         repo.place_object(path, csum, commit_type)
+                        self.placed.add(csum)
             # On stable storage before a commit is called complete or a ref points at it; the
             # flush waits for the disk while the closures are checked.
             flushed = repo.sync_in_background()
@@ -541,18 +543,40 @@ class Receiver:
                     self.warnings.append(f"republishing the summary failed: {e.message}")
 
     def _check_signatures(self, u: Update) -> None:
-        """The policy's rules, over the commit's signatures and those this push brings (not yet written)."""
+        """The policy's rules, over the commit's signatures and those this push brings (not yet written).
+
+        Signatures travel with their commit. To a commit that was here before this push (other
+        branches may point at it, under other rules), a push may add only signatures the
+        policy checks and finds good: else a key allowed on one branch could attach junk to
+        the commit of a branch it may not write, and make that commit fail verification.
+        """
         assert u.new is not None
+        from ..repo import ED25519_KEY, GPG_KEY  # loaded by now: the commit was read
+
         rules = self.policy.signature_rules(u.ref)
+        incoming = self.signatures.get(u.new, {})
+        existing = self.repo.detached_metadata(u.new) if incoming else {}
+        added = {key: new for key, sigs in incoming.items()
+                 if (new := [s for s in sigs if s not in (existing.get(key) or [])])}
+        known = (GPG_KEY, ED25519_KEY)
+        if added and u.new not in self.placed:
+            if any(key not in known for key in added):
+                other = ", ".join(sorted(key for key in added if key not in known))
+                u.reject(f"commit {u.new[:12]} was already here: a push may add to it only signatures the "
+                         f"policy checks, not {other}")
+                return
+            if not rules:
+                u.reject(f"commit {u.new[:12]} was already here: signatures may be added to it only on a branch "
+                         "whose policy checks them, which this one's does not")
+                return
         if not rules:
             return
         from .. import signing  # here, after the rules: importing it (PyNaCl) costs a push ~8 ms
 
-        incoming = self.signatures.get(u.new, {})
-        existing = self.repo.detached_metadata(u.new)
-        new_gpg = [s for s in incoming.get(signing.GPG_KEY, []) if s not in existing.get(signing.GPG_KEY, [])]
-        new_ed = [s for s in incoming.get(signing.ED25519_KEY, []) if s not in existing.get(signing.ED25519_KEY, [])]
+        new_gpg = added.get(GPG_KEY, [])
+        new_ed = added.get(ED25519_KEY, [])
         data = self.repo.commit_bytes(u.new) if new_gpg or new_ed else b""
+        vouched = [False] * (len(new_ed) + len(new_gpg))  # each added signature good under some rule
         for rule in rules:
             keys = [k for spec in rule.ed25519_keys for k in signing.load_ed25519_public(spec)]
             try:
@@ -572,6 +596,12 @@ class Receiver:
             if not result.good:
                 u.reject(f"commit {u.new[:12]} is not signed by a key the policy trusts")
                 return
+            if vouched:
+                for i, check in enumerate(checks[len(checks) - len(vouched):]):
+                    vouched[i] = vouched[i] or check.status == "good"
+        if u.new not in self.placed and not all(vouched):
+            u.reject(f"commit {u.new[:12]} was already here: a push may add to it only signatures that a key "
+                     "the policy trusts made")
 
     def _publish(self, moved: list[Update], previous: dict[str, str | None], work: Path) -> None:
         """Deltas, then the summary and its signatures, published together (see Repo.publish_summary)."""
