@@ -553,3 +553,46 @@ def test_a_delta_across_several_releases_is_a_fast_forward(treeship, tmp_path, r
     assert refs(dest) == {BRANCH: third}
     assert ostree("rev-parse", "--repo", dest, f"{BRANCH}^^").stdout.strip() == first
     fsck(dest)
+
+
+# -- 5. what applying a delta costs the receiver is counted before it is applied -----------------
+
+
+def _part(ops: bytes, payload: bytes) -> object:
+    from treeship.repo import DeltaPart
+
+    return DeltaPart(1, 1, len(payload), ops, GLib.Bytes.new(payload))
+
+
+def test_only_the_sources_a_part_reads_count():
+    """Applying a part copies every object it reads, whole, into a scratch repository first, so
+    each is counted against the push's limit: a source named but never read is not one, and
+    naming thousands costs a pusher nothing but is not taken as reading them."""
+    from treeship.transfer.delta import scan_part
+
+    unused, read_by_write, read_by_bspatch = bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32
+    payload = unused + read_by_write + read_by_bspatch + b"P" * 16
+    new = [("aa" * 32, 1), ("bb" * 32, 1)]
+    ops = (b"r" + _uvarint(0) + b"r" + _uvarint(32)  # two sources named, the second one read
+           + b"o" + _uvarint(0) + _uvarint(0) + _uvarint(10) + b"w" + _uvarint(10) + _uvarint(0) + b"c" + b"R"
+           + b"r" + _uvarint(64) + b"o" + _uvarint(0) + _uvarint(0) + _uvarint(7)
+           + b"B" + _uvarint(96) + _uvarint(16) + b"c" + b"R")
+    scan = scan_part(_part(ops, payload), new, 1 << 20)
+    assert scan.sources == {read_by_write.hex(), read_by_bspatch.hex()}
+    assert scan.output == 17
+    named_only = b"".join(b"r" + _uvarint(0) for _ in range(1000)) + b"o" + _uvarint(0) + _uvarint(0) + \
+        _uvarint(1) + b"R" + b"w" + _uvarint(1) + _uvarint(96) + b"c"
+    assert scan_part(_part(named_only, payload), new[:1], 1 << 20).sources == set()
+
+
+def test_a_stored_objects_size_is_what_its_header_says(tmp_path, releases):
+    """The size counted for a delta's source: the uncompressed size, as `ostree ls` reports it."""
+    from treeship.objects import stored_content_size
+
+    local, first, _ = releases
+    listing = ostree("ls", "--repo", local, "-R", "-C", first, "/").stdout.splitlines()
+    files = [line.split() for line in listing if line.startswith("-")]
+    assert files
+    for fields in files[:20]:
+        size, checksum = int(fields[3]), fields[4]
+        assert stored_content_size(local, checksum) == size

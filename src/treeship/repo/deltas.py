@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 DELTA_SUPERBLOCK_TYPE = "(a{sv}tayay(a{sv}aya(say)sstayay)aya(uayttay)a(yaytt))"
 DELTA_PART_TYPE = "(a(uuu)aa(ayay)ayay)"
+MAX_OPERATIONS = 16 << 20  # a received part's operation stream (libostree's take a few bytes per object)
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,12 @@ def open_delta_part(path: Path) -> DeltaPart:
     v = GLib.Variant.new_from_bytes(GLib.VariantType.new(DELTA_PART_TYPE), mapped.get_bytes(), False)
     if not v.is_normal_form():
         raise TransferError("static delta: a part is malformed (not in normal form)")
-    payload = v.get_child_value(2)
+    payload, ops = v.get_child_value(2), v.get_child_value(3)
+    if ops.get_size() > MAX_OPERATIONS:  # copied below; libostree's are a few bytes per object
+        raise TransferError(f"static delta: a part's operations take {ops.get_size()} bytes, "
+                            f"over the limit of {MAX_OPERATIONS}")
     return DeltaPart(v.get_child_value(0).n_children(), v.get_child_value(1).n_children(), payload.n_children(),
-                     bytes(v.get_child_value(3).get_data_as_bytes().get_data() or b""), payload.get_data_as_bytes())
+                     bytes(ops.get_data_as_bytes().get_data() or b""), payload.get_data_as_bytes())
 
 
 def generate_delta_files(repo: Repo, from_commit: str, to_commit: str, directory: Path) -> Path:

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TransferError, TreeshipError
-from ..objects import collect
+from ..objects import collect, stored_content_size
 from . import wire
 
 if TYPE_CHECKING:
@@ -106,7 +106,8 @@ def scan_part(part: DeltaPart, objects: list[tuple[str, int]], max_object: int) 
     order of the part's object list, each exactly once.
     """
     ops, payload_size = part.ops, part.payload_size
-    sources: set[str] = set()
+    sources: set[str] = set()  # only those a write or bspatch reads: each is copied whole to apply the part
+    source = ""
     output = 0
     index = 0
     is_open = has_source = False
@@ -162,15 +163,17 @@ def scan_part(part: DeltaPart, objects: list[tuple[str, int]], max_object: int) 
             offset, i = _varint(ops, i)
             if not is_open:
                 raise TransferError("static delta: a write with no object open")
-            if not has_source:
+            if has_source:
+                sources.add(source)
+            else:
                 in_payload(offset, length)
             written += length
             if written > size:
                 raise TransferError("static delta: writes past the declared size of an object")
         elif op == _OP_SOURCE:
             offset, i = _varint(ops, i)
-            in_payload(offset, 32)
-            sources.add(part.payload(offset, 32).hex())
+            in_payload(offset, 32)  # libostree names it before ``o`` for a bspatch, inside for writes
+            source = part.payload(offset, 32).hex()
             has_source = True
         elif op == _OP_UNSOURCE:
             has_source = False
@@ -180,6 +183,7 @@ def scan_part(part: DeltaPart, objects: list[tuple[str, int]], max_object: int) 
             in_payload(offset, length)
             if not is_open or not has_source or written:
                 raise TransferError("static delta: a bspatch with no object open or no source")
+            sources.add(source)
             written = size
         elif op == _OP_CLOSE:
             if not is_open or written != size:
@@ -399,6 +403,9 @@ def receive(rx: Receiver, frame: wire.Frame, workdir: Path, pool: Executor,
                 raise TransferError(f"static delta: part {n} is corrupt (checksum mismatch)")
             variant = d / f"{n}.variant"
             decompress_part(d / str(n), variant)
+            # What applying it writes counts as if it had been sent: the part decompressed, the
+            # objects it writes, and (below) every object it reads, copied whole beforehand.
+            budget -= variant.stat().st_size
             scan = scan_part(open_delta_part(variant), objects, rx.policy.max_object_size)
             variant.unlink()
             budget -= scan.output
@@ -410,6 +417,9 @@ def receive(rx: Receiver, frame: wire.Frame, workdir: Path, pool: Executor,
         absent = [s for s in sorted(sources) if not repo.has_object(s, file_type)]
         if absent:
             raise TransferError(f"static delta: it reads object {absent[0]}, which is not here")
+        budget -= sum(stored_content_size(repo.path, s) for s in sources)
+        if budget < 0:
+            raise TransferError(f"push exceeds the limit of {rx.policy.max_push_size} bytes")
         offline = d / "superblock-offline"
         offline.write_bytes(delta_superblock_without_fallbacks(raw_sb))
         target = Repo.create(d / "repo", "bare-user")
