@@ -744,3 +744,32 @@ def test_signatures_sent_twice_are_refused(hostile, rel):
                          object_frames(T["commitmeta"], rel.v1, meta), object_frames(T["commitmeta"], rel.v1, meta),
                          finish()), "--config", str(rel.policy))
     assert out.rc == 11 and "sent twice" in out.error, out.error
+
+
+# -- what one push may make the receiver hold ------------------------------------------------------
+
+
+def test_a_flood_of_empty_commits_is_refused_at_the_first(hostile):
+    """OBJECT(commit) + END, no DATA, a million times: 43 bytes each on the wire, each once held
+    until FINISH. A commit is checked as it arrives; the first that does not hash to its name ends
+    it (the stream never sends FINISH, so only an early refusal can name the reason)."""
+    flood = b"".join(object_frames(T["commit"], f"{i:064x}", b"") for i in range(1, 100_001))
+    out = hostile(stream(update((MAIN, None, "ab" * 32)), flood))
+    assert out.rc == 11 and f"{1:064x}.commit: checksum mismatch" in out.error, out.error
+
+
+def test_metadata_objects_are_bounded_as_libostree_bounds_them(hostile):
+    """A dirtree (or dirmeta, or commit) over libostree's 10 MiB: clients would refuse to pull it,
+    and the receiver checks metadata in memory; refused as it arrives, whatever max_object_size says."""
+    big = bytes(11 << 20)
+    out = hostile(stream(update((MAIN, None, "ab" * 32)), object_frames(T["dirtree"], hashlib.sha256(big).hexdigest(),
+                                                                        big), finish()))
+    assert out.rc == 11 and f"exceeds the limit of {10 << 20} bytes" in out.error, out.error
+
+
+def test_the_signatures_of_one_push_are_bounded(hostile):
+    """Each .commitmeta (up to 16 MiB) is held until the refs move: five branches' worth is refused."""
+    commits = [f"{i:064x}" for i in range(1, 6)]
+    metas = b"".join(object_frames(T["commitmeta"], c, bytes(15 << 20)) for c in commits)
+    out = hostile(stream(update(*((f"scratch/{i}", None, c) for i, c in enumerate(commits))), metas, finish()))
+    assert out.rc == 11 and "the signatures of this push exceed" in out.error, out.error

@@ -38,6 +38,11 @@ OBJECT_TYPES = wire.OBJECT_TYPES
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")  # not "$": it matches before a final "\n"
 _TYPE_NAMES = {int(v): k for k, v in OBJECT_TYPES.items()}
 MAX_COMMITMETA = 16 << 20
+MAX_SIGNATURES = 64 << 20  # all the .commitmeta of one push: held until the refs move
+MAX_METADATA = 10 << 20  # a dirtree, dirmeta or commit: libostree's OSTREE_MAX_METADATA_SIZE (2022.7);
+#                          clients refuse to pull bigger ones, and each is checked in memory
+MAX_COMMITS = 100_000  # commits in one push (each is held until the end; a history of 10,000 is long)
+FRAME_COST = 43  # what an object's OBJECT and END frames count against the push's size, data aside
 MAX_IN_FLIGHT = 16 << 20  # bytes of received objects queued for verification in memory
 INLINE_BELOW = 256 << 10  # objects smaller than this are checked by the reading thread itself (_Verifier)
 LOCK_NAME = ".treeship-receive.lock"
@@ -338,7 +343,7 @@ class Receiver:
         metas: dict[str, bytes] = {}
         pending: deque[tuple[Future[None], int]] = deque()
         in_flight = 0  # bytes held in memory by queued jobs: bounded, whatever the push size
-        commit_bytes = 0
+        commit_bytes = signature_bytes = 0
         counter = 0
         store = None  # made at the first object: a QUERY is answered before anything is imported
         with _Verifier() as pool:
@@ -354,7 +359,14 @@ class Receiver:
                         csum, objtype, data = self._read_object(frame, tmp, counter)
                         name = _TYPE_NAMES[objtype]
                         if name == "commit":
+                            if csum not in commits and len(commits) >= MAX_COMMITS:
+                                raise TransferError(f"push of more than {MAX_COMMITS} commits")
                             if isinstance(data, bytes):
+                                import hashlib  # loaded already, with objects.py
+
+                                got = hashlib.sha256(data).hexdigest()
+                                if got != csum:  # refused now, not held until FINISH
+                                    raise TransferError(f"object {csum}.commit: checksum mismatch (hashes to {got})")
                                 commit_bytes += len(data)
                                 if commit_bytes > MAX_IN_FLIGHT:  # many commits: keep them on disk
                                     path = tmp / f"{counter}.commit"
@@ -369,6 +381,9 @@ class Receiver:
                             if csum in metas:
                                 raise TransferError(f"signatures for commit {csum} sent twice")
                             metas[csum] = data.read_bytes() if isinstance(data, Path) else data
+                            signature_bytes += len(metas[csum])
+                            if signature_bytes > MAX_SIGNATURES:
+                                raise TransferError(f"the signatures of this push exceed {MAX_SIGNATURES} bytes")
                         elif name != "file":  # dirtree, dirmeta: small, validated by libostree
                             self.repo.install_object(data, csum, objtype, self.policy.max_object_size)
                         elif isinstance(data, bytes) and len(data) < INLINE_BELOW:
@@ -458,10 +473,12 @@ class Receiver:
         if objtype not in _TYPE_NAMES:
             raise TransferError(f"protocol error: unknown object type {objtype}")
         csum = frame.payload[1:].hex()
-        limit = MAX_COMMITMETA if _TYPE_NAMES[objtype] == "commitmeta" else self.policy.max_object_size
+        self.count_received(FRAME_COST)  # an empty object is not free: millions would fill memory
+        name = _TYPE_NAMES[objtype]
+        limit = MAX_COMMITMETA if name == "commitmeta" else \
+            self.policy.max_object_size if name == "file" else min(MAX_METADATA, self.policy.max_object_size)
         from ..objects import collect  # here: a no-op push does without objects.py (and ISA-L)
 
-        name = _TYPE_NAMES[objtype]
         data = collect(self.data_chunks(f"object {csum}"), limit, f"{tmp}/{n}.{name}", f"object {csum}.{name}")
         return csum, objtype, data
 
