@@ -36,6 +36,7 @@ from pushkit import (
     tree_objects,
     update,
 )
+from treeship.errors import TransferError
 from treeship.transfer import wire
 
 BINARY = 5 << 20  # incompressible, over the receiver's 4 MB spill size: an object push resends it whole
@@ -585,14 +586,50 @@ def test_only_the_sources_a_part_reads_count():
     assert scan_part(_part(named_only, payload), new[:1], 1 << 20).sources == set()
 
 
-def test_a_stored_objects_size_is_what_its_header_says(tmp_path, releases):
-    """The size counted for a delta's source: the uncompressed size, as `ostree ls` reports it."""
-    from treeship.objects import stored_content_size
+def test_a_source_counts_its_uncompressed_size(tmp_path):
+    """What applying a delta copies for each object it reads: its uncompressed size, as
+    `ostree ls` reports it (0 for a symlink, whose content is in its header)."""
+    from treeship.repo import Repo
 
-    local, first, _ = releases
-    listing = ostree("ls", "--repo", local, "-R", "-C", first, "/").stdout.splitlines()
-    files = [line.split() for line in listing if line.startswith("-")]
-    assert files
-    for fields in files[:20]:
-        size, checksum = int(fields[3]), fields[4]
-        assert stored_content_size(local, checksum) == size
+    tree = tmp_path / "tree"
+    (tree / "lib").mkdir(parents=True)
+    (tree / "lib" / "libx.so.1").write_bytes(random.Random(1).randbytes(300_000))
+    (tree / "lib" / "libx.so").symlink_to("libx.so.1")
+    local = tmp_path / "local"
+    ostree("init", "--repo", local, "--mode=archive")
+    commit = ostree("commit", "--repo", local, "--branch", BRANCH, "-s", "s", tree).stdout.strip()
+    listing = [line.split() for line in ostree("ls", "--repo", local, "-R", "-C", commit, "/").stdout.splitlines()]
+    entries = [f for f in listing if f[0][0] in "-l"]
+    assert sorted(f[0][0] for f in entries) == ["-", "l"]
+    repo = Repo.open(local)
+    for fields in entries:
+        assert repo.content_size(fields[4]) == (300_000 if fields[0][0] == "-" else 0) == int(fields[3])
+
+
+def test_a_delta_may_not_splice_metadata_past_libostrees_limit():
+    from treeship.objects import MAX_METADATA
+    from treeship.transfer.delta import scan_part
+
+    ops = b"S" + _uvarint(MAX_METADATA + 1) + _uvarint(0)
+    with pytest.raises(TransferError, match=f"a metadata object of {MAX_METADATA + 1} bytes exceeds the limit"):
+        scan_part(_part(ops, b"x"), [("aa" * 32, 2)], 1 << 30)
+
+
+def test_a_second_delta_to_the_same_commit_is_refused(tmp_path, releases):
+    """Each delta costs what applying it writes aside, counted once: sending the same one again
+    (its objects then skipped as present) would make the receiver copy its sources again."""
+    local, first, second = releases
+    dest = tmp_path / "dest"
+    ostree("init", "--repo", dest, "--mode=archive")
+    ostree("pull-local", "--repo", dest, local, first)
+    ostree("refs", "--repo", dest, f"--create={BRANCH}", first)
+    files = _delta_files(local, tmp_path, first, second)
+    delta = _delta_stream(first, second, files)
+
+    rc, frames, err = receive(dest, hello() + update((BRANCH, first, second)) + delta + delta + finish())
+
+    assert rc == 11, err
+    assert frames[-1][0] == wire.ERROR and "a second delta to" in frames[-1][1]["message"], frames[-1]
+    assert refs(dest) == {BRANCH: first}
+    fsck(dest)
+    no_session_leftovers(dest)

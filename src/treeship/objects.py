@@ -131,16 +131,10 @@ def verify_content(src: bytes | Path, checksum: str, max_size: int | None = None
 
 
 _MAX_ARCHIVE_HEADER = 16 << 20
+MAX_METADATA = 10 << 20  # a dirtree, dirmeta or commit received: libostree's OSTREE_MAX_METADATA_SIZE
+#                          (2022.7), which its clients will not pull past; each is checked in memory
 
 
-def stored_content_size(repo_path: str | os.PathLike[str], checksum: str) -> int:
-    """The uncompressed size of a content object already in an archive repository (checked
-    when it arrived): the size its archive header declares (see content_checksum)."""
-    with open(f"{repo_path}/objects/{object_relpath(checksum, 'filez')}", "rb") as f:
-        head = f.read(16)
-    if len(head) < 16:
-        raise StorageError(f"{repo_path}: object {checksum}.filez is truncated")
-    return int.from_bytes(head[8:16], "big")
 _INFLATE_CHUNK = 1 << 20
 
 

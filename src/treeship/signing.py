@@ -323,5 +323,5 @@ def gpg_check_data(repo: Repo, data: bytes, signature: bytes, homedir: str | Non
         except RepoError:
             return SignatureCheck("gpg", "bad", "", detail="not an OpenPGP signature")
     if len(sigs) != 1:
-        return SignatureCheck("gpg", "bad", "", detail=f"{len(sigs)} OpenPGP signatures in one DSSE signature")
+        return SignatureCheck("gpg", "bad", "", detail=f"{len(sigs)} OpenPGP signatures where one was expected")
     return _gpg_verdict(sigs[0])

@@ -662,16 +662,15 @@ def unbound(tmp_path_factory: pytest.TempPathFactory, ed25519_key) -> tuple[Path
     return local, commit
 
 
-@pytest.mark.parametrize("branch,config,reason", [
-    ("scratch/x", False, "whose policy checks them"),  # no policy at all
-    ("scratch/x", True, "whose policy checks them"),  # a policy, but no rule for this branch
-    ("main/other", True, "only signatures that a key the policy trusts made"),  # a rule; its key did not sign
+@pytest.mark.parametrize("branch,config", [
+    ("scratch/x", False),  # no policy at all
+    ("scratch/x", True),  # a policy, but no rule for this branch
+    ("main/other", True),  # a rule, whose key did not make the signature
 ])
-def test_junk_signatures_for_a_commit_already_here_through_another_branch(hostile, rel, unbound, tmp_path,
-                                                                            branch, config, reason):
-    """A key allowed on some branch points it at main's commit (here already, bound to no branch)
-    and attaches a signature no trusted key made: refused, and the commit's signatures stay as
-    they were. (Merged, it would make main's commit fail verification from then on.)"""
+def test_junk_signatures_for_another_branchs_head(hostile, rel, unbound, tmp_path, branch, config):
+    """A key allowed on some branch points it at main's head (bound to no branch) and attaches a
+    signature no trusted key made: refused, and the commit's signatures stay as they were.
+    (Merged, it would make main's commit fail verification from then on.)"""
     local, commit = unbound
     repo = tmp_path / "srv"
     ostree("init", "--repo", repo, "--mode=archive")
@@ -684,8 +683,28 @@ def test_junk_signatures_for_a_commit_already_here_through_another_branch(hostil
     out = hostile(stream(update((branch, None, commit)), object_frames(T["commitmeta"], commit, junk), finish()),
                   *args, repo=repo)
     status = out.ref_status()[branch]
+    reason = "is another branch's head: a push may add to it only signatures that a key the policy trusts made"
     assert status["status"] == "rejected" and reason in status["reason"], status["reason"]
     assert object_path(repo, f"{commit}.commitmeta").read_bytes() == before
+
+
+def test_a_retried_push_brings_its_signatures(hostile, rel):
+    """A push cut short (here: an object left out, so the commit stays partial and no ref
+    moves) leaves the commit here; the retry's signatures are merged as the first push's would
+    have been: no branch points at the commit yet, whatever the policy says (here: none)."""
+    names = objects_of(rel.local, rel.v1, meta=False)
+    first_file = names.index(wire.encode(wire.OBJECT, bytes([T["file"]]) + bytes.fromhex(
+        sorted(n.split(".")[0] for n in tree_objects(rel.local, rel.v1) if n.endswith(".file"))[0])))
+    end = names.index(wire.encode(wire.END), first_file) + len(wire.encode(wire.END))
+    cut = names[:first_file] + names[end:]
+    out = hostile(stream(update((MAIN, None, rel.v1)), cut, finish()))
+    assert out.ref_status()[MAIN]["status"] == "rejected", out
+    assert rel.v1 in partial_commits(out.repo)
+    out = hostile(stream(update((MAIN, None, rel.v1)), objects_of(rel.local, rel.v1), finish()), repo=out.repo,
+                  moved={MAIN: rel.v1})
+    assert out.ref_status()[MAIN]["status"] == "ok", out
+    assert object_path(out.repo, f"{rel.v1}.commitmeta").read_bytes() == \
+        object_path(rel.local, f"{rel.v1}.commitmeta").read_bytes()
 
 
 def test_other_detached_metadata_for_a_commit_already_here_is_refused(hostile, rel, unbound, tmp_path):

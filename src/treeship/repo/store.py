@@ -160,6 +160,15 @@ class _Store(_Core):
             return f"dirtree {e.checksum} is missing"
         return None
 
+    def content_size(self, checksum: str) -> int:
+        """A content object's uncompressed size (0 for a symlink), wherever libostree finds it
+        (this repository, or its parent)."""
+        try:
+            _, _, info, _ = self._repo.load_file(checksum, None)
+        except GLib.Error as e:
+            raise _storage_error(e, f"{self.path}: reading object {checksum}.file") from None
+        return int(info.get_size()) if info.get_file_type() == Gio.FileType.REGULAR else 0
+
     def open_stored_object(self, checksum: str, objtype: int) -> int | None:
         """A read-only descriptor on the object's file where it is stored as it travels (every
         object of an archive repository, metadata of any); None where content must be

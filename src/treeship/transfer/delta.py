@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TransferError, TreeshipError
-from ..objects import collect, stored_content_size
+from ..objects import MAX_METADATA, collect
 from . import wire
 
 if TYPE_CHECKING:
@@ -146,6 +146,9 @@ def scan_part(part: DeltaPart, objects: list[tuple[str, int]], max_object: int) 
                 length, i = content_header(i)
             else:
                 length, i = _varint(ops, i)
+                if length > min(max_object, MAX_METADATA):
+                    raise TransferError(f"static delta: a metadata object of {length} bytes exceeds the limit "
+                                        f"of {min(max_object, MAX_METADATA)}")
             offset, i = _varint(ops, i)
             in_payload(offset, length)
             output += length
@@ -378,6 +381,9 @@ def receive(rx: Receiver, frame: wire.Frame, workdir: Path, pool: Executor,
     msg = frame.json()
     old, new = _check_hex(msg.get("from"), "source"), _check_hex(msg.get("to"), "target")
     files = _files(msg)
+    if new in rx.delta_targets:
+        raise TransferError(f"protocol error: a second delta to {new[:12]}")
+    rx.delta_targets.add(new)
     if new not in targets:
         raise TransferError(f"protocol error: a delta to {new[:12]}, which this push does not update")
     repo = rx.repo
@@ -397,29 +403,34 @@ def receive(rx: Receiver, frame: wire.Frame, workdir: Path, pool: Executor,
             raise TransferError("static delta: the superblock lists other parts than were sent")
         sources: set[str] = set()
         produced: dict[str, int] = {}
-        budget = rx.policy.max_push_size - rx.received_bytes
+        # What applying costs counts as if it had been sent, before anything is applied: what it
+        # writes aside (each part decompressed, and every object it reads, copied whole into the
+        # scratch repository) for the whole push, and the objects it declares it will write.
+        aside = declared = 0
+
+        def within_limit() -> None:
+            if rx.received_bytes + rx.delta_cost + aside + declared > rx.policy.max_push_size:
+                raise TransferError(f"push exceeds the limit of {rx.policy.max_push_size} bytes")
+
         for n, (csum, objects) in enumerate(sb.parts):
             if sums[str(n)] != csum:
                 raise TransferError(f"static delta: part {n} is corrupt (checksum mismatch)")
             variant = d / f"{n}.variant"
             decompress_part(d / str(n), variant)
-            # What applying it writes counts as if it had been sent: the part decompressed, the
-            # objects it writes, and (below) every object it reads, copied whole beforehand.
-            budget -= variant.stat().st_size
+            aside += variant.stat().st_size
             scan = scan_part(open_delta_part(variant), objects, rx.policy.max_object_size)
             variant.unlink()
-            budget -= scan.output
-            if budget < 0:
-                raise TransferError(f"push exceeds the limit of {rx.policy.max_push_size} bytes")
+            declared += scan.output
+            within_limit()
             sources |= scan.sources
             produced.update(objects)
         file_type = int(OBJECT_TYPES["file"])
         absent = [s for s in sorted(sources) if not repo.has_object(s, file_type)]
         if absent:
             raise TransferError(f"static delta: it reads object {absent[0]}, which is not here")
-        budget -= sum(stored_content_size(repo.path, s) for s in sources)
-        if budget < 0:
-            raise TransferError(f"push exceeds the limit of {rx.policy.max_push_size} bytes")
+        aside += sum(repo.content_size(s) for s in sources)
+        within_limit()
+        rx.delta_cost += aside  # the objects it produces count as received, when they are placed
         offline = d / "superblock-offline"
         offline.write_bytes(delta_superblock_without_fallbacks(raw_sb))
         target = Repo.create(d / "repo", "bare-user")
@@ -462,7 +473,8 @@ def _import(rx: Receiver, target: Repo, d: Path, produced: dict[str, int], pool:
     limit = rx.policy.max_object_size
 
     def one(n: int, csum: str, objtype: int) -> int:
-        data = _read_archive(target, csum, objtype, d / f"import-{n}", limit)
+        data = _read_archive(target, csum, objtype, d / f"import-{n}",
+                             limit if objtype == _FILE else min(limit, MAX_METADATA))
         size = data.stat().st_size if isinstance(data, Path) else len(data)
         repo.install_object(data, csum, objtype)  # a file is moved into place, not copied
         return size

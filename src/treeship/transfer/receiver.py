@@ -39,8 +39,6 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")  # not "$": it matches before a final "\
 _TYPE_NAMES = {int(v): k for k, v in OBJECT_TYPES.items()}
 MAX_COMMITMETA = 16 << 20
 MAX_SIGNATURES = 64 << 20  # all the .commitmeta of one push: held until the refs move
-MAX_METADATA = 10 << 20  # a dirtree, dirmeta or commit: libostree's OSTREE_MAX_METADATA_SIZE (2022.7);
-#                          clients refuse to pull bigger ones, and each is checked in memory
 MAX_COMMITS = 100_000  # commits in one push (each is held until the end; a history of 10,000 is long)
 FRAME_COST = 43  # what an object's OBJECT and END frames count against the push's size, data aside
 MAX_IN_FLIGHT = 16 << 20  # bytes of received objects queued for verification in memory
@@ -120,7 +118,10 @@ class Receiver:
         self.closure: dict[str, str | None] = {}  # commit → what is missing (None: complete)
         self.signatures: dict[str, dict[str, list[bytes]]] = {}  # commit → signatures received for it
         self.commitmeta: dict[str, bytes] = {}  # commit → its received .commitmeta, merged once refs move
-        self.placed: set[str] = set()  # commits this push brought into the repository (not here before)
+        self.added: dict[str, dict[str, list[bytes]]] = {}  # commit → the signatures this push adds to it
+        self.vouched: set[tuple[str, bytes]] = set()  # (commit, signature) added, found good by a rule
+        self.delta_targets: set[str] = set()  # push --delta: one delta per commit (see delta.py)
+        self.delta_cost = 0  # push --delta: bytes applying them wrote aside, counted against the limit
         self.heads: dict[str, str] | None = None  # the branches as the session began (None: ask libostree)
 
         self._repo: Repo | None = None
@@ -252,7 +253,6 @@ class Receiver:
                     if not repo.has_commit(csum):
                         repo.mark_partial(csum, True)  # until its closure is known to be here
                         repo.place_object(path, csum, commit_type)
-                        self.placed.add(csum)
             # On stable storage before a commit is called complete or a ref points at it; the
             # flush waits for the disk while the closures are checked.
             flushed = repo.sync_in_background()
@@ -474,11 +474,11 @@ class Receiver:
             raise TransferError(f"protocol error: unknown object type {objtype}")
         csum = frame.payload[1:].hex()
         self.count_received(FRAME_COST)  # an empty object is not free: millions would fill memory
+        from ..objects import MAX_METADATA, collect  # here: a no-op push does without objects.py (and ISA-L)
+
         name = _TYPE_NAMES[objtype]
         limit = MAX_COMMITMETA if name == "commitmeta" else \
             self.policy.max_object_size if name == "file" else min(MAX_METADATA, self.policy.max_object_size)
-        from ..objects import collect  # here: a no-op push does without objects.py (and ISA-L)
-
         data = collect(self.data_chunks(f"object {csum}"), limit, f"{tmp}/{n}.{name}", f"object {csum}.{name}")
         return csum, objtype, data
 
@@ -521,6 +521,12 @@ class Receiver:
                 conflict = repo.ref_conflict(u.ref, [o.ref for o in live if o is not u and o.new])
                 if conflict:
                     u.reject(conflict)
+            heads = set(repo.refs().values()) if self.added else set()
+            for u in live:
+                if u.status == "ok" and u.new in heads:
+                    why = self._unvouched(u.new)
+                    if why:
+                        u.reject(why)
             if any(u.status == "rejected" for u in updates):
                 for u in live:
                     if u.status == "ok":
@@ -562,10 +568,8 @@ class Receiver:
     def _check_signatures(self, u: Update) -> None:
         """The policy's rules, over the commit's signatures and those this push brings (not yet written).
 
-        Signatures travel with their commit. To a commit that was here before this push (other
-        branches may point at it, under other rules), a push may add only signatures the
-        policy checks and finds good: else a key allowed on one branch could attach junk to
-        the commit of a branch it may not write, and make that commit fail verification.
+        Also notes which signatures this push adds to the commit, and which of those a rule
+        found good: see _unvouched, for commits other branches point at.
         """
         assert u.new is not None
         from ..repo import ED25519_KEY, GPG_KEY  # loaded by now: the commit was read
@@ -575,17 +579,8 @@ class Receiver:
         existing = self.repo.detached_metadata(u.new) if incoming else {}
         added = {key: new for key, sigs in incoming.items()
                  if (new := [s for s in sigs if s not in (existing.get(key) or [])])}
-        known = (GPG_KEY, ED25519_KEY)
-        if added and u.new not in self.placed:
-            if any(key not in known for key in added):
-                other = ", ".join(sorted(key for key in added if key not in known))
-                u.reject(f"commit {u.new[:12]} was already here: a push may add to it only signatures the "
-                         f"policy checks, not {other}")
-                return
-            if not rules:
-                u.reject(f"commit {u.new[:12]} was already here: signatures may be added to it only on a branch "
-                         "whose policy checks them, which this one's does not")
-                return
+        if added:
+            self.added[u.new] = added
         if not rules:
             return
         from .. import signing  # here, after the rules: importing it (PyNaCl) costs a push ~8 ms
@@ -593,7 +588,6 @@ class Receiver:
         new_gpg = added.get(GPG_KEY, [])
         new_ed = added.get(ED25519_KEY, [])
         data = self.repo.commit_bytes(u.new) if new_gpg or new_ed else b""
-        vouched = [False] * (len(new_ed) + len(new_gpg))  # each added signature good under some rule
         for rule in rules:
             keys = [k for spec in rule.ed25519_keys for k in signing.load_ed25519_public(spec)]
             try:
@@ -613,12 +607,30 @@ class Receiver:
             if not result.good:
                 u.reject(f"commit {u.new[:12]} is not signed by a key the policy trusts")
                 return
-            if vouched:
-                for i, check in enumerate(checks[len(checks) - len(vouched):]):
-                    vouched[i] = vouched[i] or check.status == "good"
-        if u.new not in self.placed and not all(vouched):
-            u.reject(f"commit {u.new[:12]} was already here: a push may add to it only signatures that a key "
-                     "the policy trusts made")
+            fresh = new_ed + new_gpg  # checked last, in this order
+            for sig, check in zip(fresh, checks[len(checks) - len(fresh):], strict=True):
+                if check.status == "good":
+                    self.vouched.add((u.new, sig))
+
+    def _unvouched(self, commit: str) -> str:
+        """Why this push may not add its signatures to ``commit``, which another branch points at
+        ("" if it may). Signatures travel with their commit; but to one that other branches
+        point at, under rules of their own, a push may add only OSTree signatures that a key
+        the policy trusts (for a branch this push moves to it) made. Else a key allowed on one
+        branch could attach junk to another branch's commit and make it fail verification
+        from then on (signatures are never taken away). Asked under the receiver lock, just
+        before the signatures are merged."""
+        from ..repo import ED25519_KEY, GPG_KEY
+
+        added = self.added.get(commit, {})
+        other = sorted(key for key in added if key not in (GPG_KEY, ED25519_KEY))
+        if other:
+            return (f"commit {commit[:12]} is another branch's head: a push may add to it only signatures the "
+                    f"policy checks, not {', '.join(other)}")
+        if any((commit, sig) not in self.vouched for sigs in added.values() for sig in sigs):
+            return (f"commit {commit[:12]} is another branch's head: a push may add to it only signatures that a "
+                    "key the policy trusts made")
+        return ""
 
     def _publish(self, moved: list[Update], previous: dict[str, str | None], work: Path) -> None:
         """Deltas, then the summary and its signatures, published together (see Repo.publish_summary)."""
