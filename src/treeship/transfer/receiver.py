@@ -473,7 +473,7 @@ class Receiver:
         if objtype not in _TYPE_NAMES:
             raise TransferError(f"protocol error: unknown object type {objtype}")
         csum = frame.payload[1:].hex()
-        self.count_received(FRAME_COST)  # an empty object is not free: millions would fill memory
+        self.count_received(FRAME_COST)  # its OBJECT and END frames count too: no object is free
         from ..objects import MAX_METADATA, collect  # here: a no-op push does without objects.py (and ISA-L)
 
         name = _TYPE_NAMES[objtype]
