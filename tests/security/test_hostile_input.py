@@ -792,3 +792,18 @@ def test_the_signatures_of_one_push_are_bounded(hostile):
     metas = b"".join(object_frames(T["commitmeta"], c, bytes(15 << 20)) for c in commits)
     out = hostile(stream(update(*((f"scratch/{i}", None, c) for i, c in enumerate(commits))), metas, finish()))
     assert out.rc == 11 and "the signatures of this push exceed" in out.error, out.error
+
+
+def test_a_lock_held_past_the_timeout_is_one_clear_error(hostile, rel, tmp_path):
+    """Another receiver stuck while holding the repository's lock (here: this test holds it)
+    makes this one give up after its timeout, saying why, instead of hanging with it."""
+    import fcntl
+
+    repo = tmp_path / "locked"
+    ostree("init", "--repo", repo, "--mode=archive")
+    with open(repo / ".treeship-receive.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        out = hostile(stream(update((MAIN, None, rel.v1)), objects_of(rel.local, rel.v1), finish()),
+                      timeout=1, repo=repo)
+    assert out.rc != 0 and "held this repository's lock for 1 s" in out.error, out.error
+    assert not object_path(repo, f"{rel.v1}.commit").exists()  # placing the commit is what waited for the lock

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -484,9 +485,23 @@ class Receiver:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """The receiver lock: placing commits, and checking then moving refs, one push at a time."""
+        """The receiver lock: placing commits, and checking then moving refs, one push at a time.
+
+        Waited for as long as the idle timeout: a receiver stuck while holding it (a hung
+        disk, say) must not hang every push after it as well.
+        """
         with open(Path(self.repo_path, LOCK_NAME), "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            limit = self.reader.timeout
+            deadline = None if limit is None else time.monotonic() + limit
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
+                    break
+                except BlockingIOError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise TransferError(f"another push has held this repository's lock for {limit:.0f} s; "
+                                            "giving up (nothing of this push has moved)") from None
+                    time.sleep(0.05)
             yield
 
     def _move_refs(self, updates: list[Update]) -> None:
