@@ -525,14 +525,20 @@ class Receiver:
                 u.reject(f"commit {u.new[:12]} is bound to {', '.join(binding) or 'no branch'}, not this one")
                 continue
             self._check_signatures(u)
+        # Ancestry walked before the lock (a long history takes a while); under it, again only
+        # for a branch that another push moved meanwhile.
+        descends = {(current, u.new): repo.is_ancestor(current, u.new) for u in live
+                    if u.status == "ok" and u.new and (current := repo.head(u.ref)) and current != u.new}
         with self._locked():
             for u in live:
                 if u.status != "ok" or u.new is None:
                     continue
                 current = repo.head(u.ref)
-                if current and current != u.new and not repo.is_ancestor(current, u.new):
-                    self._check_rewind(u, self.force)
-                    continue
+                if current and current != u.new:
+                    known = descends.get((current, u.new))
+                    if not (known if known is not None else repo.is_ancestor(current, u.new)):
+                        self._check_rewind(u, self.force)
+                        continue
                 conflict = repo.ref_conflict(u.ref, [o.ref for o in live if o is not u and o.new])
                 if conflict:
                     u.reject(conflict)
