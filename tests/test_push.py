@@ -669,3 +669,66 @@ def test_the_query_goes_out_with_the_update_not_a_round_trip_later(treeship, tmp
 
     assert r.returncode == 0, r.stderr
     assert r.json()["refs"][0]["status"] == "ok"
+
+
+LYING_RECEIVER = r'''
+import json, os, sys
+sys.path.insert(0, {src!r})
+from treeship.transfer import wire
+case = {case!r}
+r, w = wire.Reader(0, timeout=20), wire.Writer(1)
+r.expect(wire.HELLO)
+refs = {{"main": ["x"]}} if case == "hello" else {{}}
+w.send_json(wire.HELLO, {{"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION, "refs": refs, "capabilities": []}})
+w.flush()
+updates = r.expect(wire.UPDATE).json()["updates"]
+ok = [dict(u, status="ok", reason="") for u in updates]
+if case == "extra":  # a branch the pusher did not ask for, at a commit of its choosing
+    ok.append({{"ref": "embargoed/x86_64", "old": None, "new": "ab" * 32, "status": "ok", "reason": ""}})
+pre = {{"none": [], "extra": ok, "escape": ok, "weird": [dict(ok[0], status="maybe")]}}.get(case, ok)
+w.send_json(wire.PREFLIGHT, {{"refs": pre}})
+w.flush()
+while (f := r.read()).type != wire.FINISH:
+    if f.type == wire.QUERY:
+        w.send_json(wire.MISSING, {{"objects": [] if case != "missing" else 7}})
+        w.flush()
+status = ok if case != "status" else []
+if case == "escape":
+    status = [dict(ok[0], status="rejected", reason="no\n\x1b[2Jok        fake/ref  forged\u202e")]
+w.send_json(wire.STATUS, {{"refs": status, "warnings": ["\x1b]0;owned\x07title"]}})
+w.flush()
+'''
+
+
+@pytest.mark.parametrize("case,why", [
+    ("none", "PREFLIGHT leaves out"),  # says nothing of the branch: no "success" for a push that did nothing
+    ("extra", "names a branch this push did not ask for"),  # would make the pusher send what it was not asked to
+    ("weird", "malformed status"),
+    ("status", "STATUS leaves out"),
+    ("hello", "HELLO lists malformed refs"),
+    ("missing", "MISSING without a list"),
+])
+def test_a_receiver_that_lies_about_the_refs_is_a_protocol_error(treeship, tmp_path, case, why):
+    r = _push_to_fake(treeship, tmp_path, LYING_RECEIVER.replace("{case!r}", repr(case)))
+
+    assert r.returncode == 11, (r.returncode, r.stderr)
+    assert why in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_a_receivers_words_cannot_drive_the_terminal(treeship, tmp_path):
+    """Reasons and warnings come from the server: printed, they are one line each, escapes shown."""
+    local = tmp_path / "local"
+    release(treeship, write_tree(tmp_path / "tree", n=5), local)
+    fake = tmp_path / "fake_receiver.py"
+    fake.write_text(LYING_RECEIVER.replace("{case!r}", repr("escape")).format(
+        src=str(Path(__file__).resolve().parents[1] / "src")))
+    ssh = tmp_path / "fake-ssh"
+    ssh.write_text(f"#!/bin/sh\nexec {sys.executable} {fake}\n")
+    ssh.chmod(0o755)
+
+    r = treeship("push", "--repo", local, "--ssh-command", str(ssh), "ssh://nowhere/srv/r", BRANCH, rc=10)
+
+    out = r.stdout + r.stderr
+    assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out, out
+    assert "no\\n\\x1b[2Jok        fake/ref" in r.stdout and not any(
+        line.startswith("ok        fake/ref") for line in r.stdout.splitlines()), r.stdout

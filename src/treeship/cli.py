@@ -525,6 +525,8 @@ def _print_push(result: Any, as_json: bool) -> None:
     if as_json:
         _emit_json(result.to_dict())
         return
+    from .errors import printable  # reasons and warnings come from the receiver: they must not drive the terminal
+
     for r in result.refs:
         new = (r.new or "(delete)")[:12]
         if r.status == "ok":
@@ -533,12 +535,12 @@ def _print_push(result: Any, as_json: bool) -> None:
         elif r.status == "uptodate":
             click.echo(f"uptodate  {r.ref}  {new}")
         else:
-            click.echo(f"rejected  {r.ref}  {new}: {r.reason}")
+            click.echo(f"rejected  {r.ref}  {new}: {printable(r.reason)}")
     deltas = f" and {len(result.deltas)} static delta{'s' if len(result.deltas) != 1 else ''}" if result.deltas else ""
-    click.echo(f"{result.objects_sent} objects{deltas}, {_human_bytes(result.bytes_sent)} sent to {result.remote} "
-               f"in {result.seconds:.1f} s")
+    click.echo(f"{result.objects_sent} objects{deltas}, {_human_bytes(result.bytes_sent)} sent to "
+               f"{printable(result.remote)} in {result.seconds:.1f} s")
     for message in result.messages:
-        click.echo(f"treeship: warning: {message}", err=True)
+        click.echo(f"treeship: warning: {printable(message)}", err=True)
 
 
 @cli.command()

@@ -100,15 +100,20 @@ EXIT_CODES: dict[int, str] = {
 }
 
 
+def printable(text: str) -> str:
+    """``text`` as one line that cannot drive a terminal, whatever a path, a name or a peer's
+    message holds: control characters (escape sequences, newlines), line and paragraph
+    separators, and invisible format characters (bidi overrides) are shown escaped."""
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in text)
+
+
 def report(e: BaseException) -> int:
     """Print what ended the command as one line on stderr; the exit code it maps to.
 
     Shared by the click CLI and the fast ``treeship receive`` entry, so both speak alike.
     """
     if isinstance(e, TreeshipError):
-        # one line, whatever a path or a name holds (newlines, escapes)
-        line = "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in e.message)
-        _say(f"treeship: error: {line}")
+        _say(f"treeship: error: {printable(e.message)}")
         return e.exit_code
     if isinstance(e, KeyboardInterrupt):
         _say("treeship: interrupted")

@@ -110,6 +110,36 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
     return result
 
 
+def _remote_refs(hello: dict[str, Any]) -> dict[str, str]:
+    """The receiver's branches from its HELLO, checked: they name commits this pusher may look up."""
+    refs = hello.get("refs") or {}
+    if not isinstance(refs, dict) or not all(isinstance(k, str) and isinstance(v, str) and len(v) == 64
+                                             and not v.strip("0123456789abcdef") for k, v in refs.items()):
+        raise TransferError("protocol error: the receiver's HELLO lists malformed refs")
+    return refs
+
+
+def _statuses(msg: dict[str, Any], what: str, asked: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """(status, reason) for each branch this push asked to move, as PREFLIGHT or STATUS gives
+    them: exactly one each, nothing else. A receiver that leaves one out, or adds another,
+    must not make a push look done (or make the pusher send what it was not asked to)."""
+    entries = msg.get("refs")
+    if not isinstance(entries, list):
+        raise TransferError(f"protocol error: {what} without a list of refs")
+    out: dict[str, tuple[str, str]] = {}
+    for e in entries:
+        ref = e.get("ref") if isinstance(e, dict) else None
+        if not isinstance(ref, str) or ref not in asked or ref in out:
+            raise TransferError(f"protocol error: {what} names a branch this push did not ask for, or one twice")
+        status, reason = e.get("status"), e.get("reason", "")
+        if status not in ("ok", "uptodate", "rejected") or not isinstance(reason, str):
+            raise TransferError(f"protocol error: {what} gives {ref} a malformed status")
+        out[ref] = (status, reason)
+    if len(out) != len(asked):
+        raise TransferError(f"protocol error: {what} leaves out {next(b for b in asked if b not in out)}")
+    return out
+
+
 def _head(repo: Repo, branch: str, repo_path: str) -> str:
     """A branch to push: its own head (never a commit whose checksum starts with its name)."""
     head = repo.head(branch)
@@ -140,7 +170,7 @@ def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], f
     trace.mark("pusher: hello")
     if hello.get("magic") != wire.MAGIC or hello.get("protocol") != wire.PROTOCOL_VERSION:
         raise TransferError(f"{remote}: the receiver speaks another protocol ({hello.get('protocol')!r})")
-    remote_refs: dict[str, str] = hello.get("refs") or {}
+    remote_refs = _remote_refs(hello)
     updates = [{"ref": b, "old": remote_refs.get(b), "new": c} for b, c in heads.items()]
     writer.send_json(wire.UPDATE, {"updates": updates, "force": force})
     writer.flush()
@@ -152,8 +182,9 @@ def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], f
         if candidates and not use_delta else None
     pre = reader.expect(wire.PREFLIGHT).json()
     trace.mark("pusher: preflight")
-    results = [RefResult(**{k: r.get(k) for k in ("ref", "old", "new", "status", "reason")})
-               for r in pre.get("refs", [])]
+    said = _statuses(pre, "PREFLIGHT", heads)
+    # What moves is what this push asked for (never what a receiver says): only the status is its.
+    results = [RefResult(u["ref"], u["old"], u["new"], *said[u["ref"]]) for u in updates]
     result = PushResult(remote, results)
     go = [r for r in results if r.status == "ok"]
     if not go:
@@ -178,12 +209,11 @@ def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], f
             raise TransferError(f"remote error: {said}") from e
     status = reader.expect(wire.STATUS).json()
     trace.mark("pusher: status")
-    final = {r.get("ref"): r for r in status.get("refs", [])}
+    final = _statuses(status, "STATUS", heads)
     for r in results:
-        if r.ref in final:
-            r.status = final[r.ref].get("status", r.status)
-            r.reason = final[r.ref].get("reason", "")
-    result.messages += [str(w) for w in status.get("warnings", []) if isinstance(w, str)]
+        r.status, r.reason = final[r.ref]
+    warnings = status.get("warnings", [])
+    result.messages += [w for w in warnings if isinstance(w, str)] if isinstance(warnings, list) else []
     result.wire_bytes = writer.bytes_written
     return result
 
@@ -338,16 +368,24 @@ def _query(reader: wire.Reader, writer: wire.Writer, objects: list[tuple[str, in
     missing: set[str] = set()
     known: set[str] = set()
     if early is not None:
-        missing.update(reader.expect(wire.MISSING).json().get("objects", []))
+        missing.update(_names(reader.expect(wire.MISSING).json()))
         known.update(early.names)
     names = [f"{c}.{_TYPE_NAMES[t]}" for c, t in objects]
     rest = [n for n in names if n not in known]
     for i in range(0, len(rest), QUERY_BATCH):
         writer.send_json(wire.QUERY, {"objects": rest[i:i + QUERY_BATCH]})
         writer.flush()
-        answer = reader.expect(wire.MISSING).json().get("objects", [])
+        answer = _names(reader.expect(wire.MISSING).json())
         missing.update(answer)
     return [o for o, n in zip(objects, names, strict=True) if n in missing]
+
+
+def _names(missing: dict[str, Any]) -> list[str]:
+    """The object names a MISSING answer lists (only those asked about are ever sent)."""
+    names = missing.get("objects", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise TransferError("protocol error: MISSING without a list of object names")
+    return names
 
 
 def _size(repo: Repo, checksum: str, objtype: int) -> int:
