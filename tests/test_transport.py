@@ -200,3 +200,9 @@ def test_a_receiver_reaped_by_the_kernel_ends_as_popen_has_it_end():
 def test_a_command_that_is_not_there_is_one_clear_error():
     with pytest.raises(UsageError, match="cannot run no-such-ssh-here: No such file or directory"):
         Connection(["no-such-ssh-here", "x"])
+
+
+def test_a_nul_in_the_command_line_is_one_clear_error():
+    """A %00 in a remote URL reaches the ssh command line: no program can take it."""
+    with pytest.raises(UsageError, match="a NUL character in its command line"):
+        Connection(["ssh", "--", "host", "treeship receive --repo '/srv/a\0b'"])

@@ -311,6 +311,8 @@ class Connection:
 
     def __init__(self, argv: list[str]) -> None:
         self.argv = argv
+        if any("\0" in a for a in argv):  # a %00 in a URL, say: no program can take it
+            raise UsageError("cannot run the receiver: a NUL character in its command line")
         try:
             self.proc = _Child(argv)
         except OSError as e:
