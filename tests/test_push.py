@@ -732,3 +732,43 @@ def test_a_receivers_words_cannot_drive_the_terminal(treeship, tmp_path):
     assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out, out
     assert "no\\n\\x1b[2Jok        fake/ref" in r.stdout and not any(
         line.startswith("ok        fake/ref") for line in r.stdout.splitlines()), r.stdout
+
+
+SILENT_RECEIVER = r'''
+import sys, time
+sys.path.insert(0, {src!r})
+from treeship.transfer import wire
+case = {case!r}
+r, w = wire.Reader(0, timeout=60), wire.Writer(1)
+r.expect(wire.HELLO)
+w.send_json(wire.HELLO, {{"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION, "refs": {{}}, "capabilities": []}})
+w.flush()
+updates = r.expect(wire.UPDATE).json()["updates"]
+if case == "stops-reading":  # asks for everything, then reads no more: the pusher's writes fill the pipe
+    query = r.expect(wire.QUERY).json()
+    w.send_json(wire.PREFLIGHT, {{"refs": [dict(u, status="ok", reason="") for u in updates]}})
+    w.send_json(wire.MISSING, {{"objects": query["objects"]}})
+    w.flush()
+time.sleep(60)  # hung (a stuck disk, a dead link): killed by the pusher's watchdog long before
+'''
+
+
+@pytest.mark.parametrize("case", ["no-answer", "stops-reading"])
+def test_a_receiver_that_hangs_is_given_up_on(treeship, tmp_path, case):
+    """Nothing moved either way for --timeout seconds: one clear line, exit 11, not a hang."""
+    local = tmp_path / "local"
+    tree = write_tree(tmp_path / "tree", n=5)
+    (tree / "usr" / "big.bin").write_bytes(os.urandom(4 << 20))  # far more than a pipe holds
+    release(treeship, tree, local)
+    fake = tmp_path / "fake_receiver.py"
+    fake.write_text(SILENT_RECEIVER.replace("{case!r}", repr(case)).format(
+        src=str(Path(__file__).resolve().parents[1] / "src")))
+    ssh = tmp_path / "fake-ssh"
+    ssh.write_text(f"#!/bin/sh\nexec {sys.executable} {fake}\n")
+    ssh.chmod(0o755)
+
+    r = treeship("push", "--repo", local, "--ssh-command", str(ssh), "ssh://nowhere/srv/r", BRANCH,
+                 "--timeout", "2", rc=None)
+
+    assert r.returncode == 11, (r.returncode, r.stderr)
+    assert "nothing moved either way for 2 s; gave up" in r.stderr and r.stderr.count("\n") == 1, r.stderr

@@ -497,9 +497,11 @@ def _push_progress(enabled: bool) -> Iterator[Callable[[int, int, int, int], Non
               help="treeship on the server, if it is not on the remote PATH.")
 @click.option("--delta", is_flag=True,
               help="Send a static delta from the receiver's head instead of objects (fewer bytes: for slow links).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True,
+              help="Give up when nothing has moved either way for this many seconds (a hung server, a dead link).")
 @json_option
 def push(remote_name: str, branches: tuple[str, ...], repo_path: str, force: bool, ssh_command: str | None,
-         receive_command: str | None, delta: bool, as_json: bool) -> None:
+         receive_command: str | None, delta: bool, timeout: float, as_json: bool) -> None:
     """Push BRANCHES to REMOTE: only missing objects, in one stream; refs move atomically.
 
     REMOTE is a remote name (see `treeship remote add`), an ssh:// URL, a file:// URL or
@@ -513,7 +515,7 @@ def push(remote_name: str, branches: tuple[str, ...], repo_path: str, force: boo
     try:
         with _push_progress(not as_json) as progress:
             result = do_push(repo_path, remote_name, list(branches), force=force, ssh_command=ssh_command,
-                             receive_command=receive_command, progress=progress, delta=delta)
+                             receive_command=receive_command, progress=progress, delta=delta, timeout=timeout)
     except PushRejected as e:
         if isinstance(e.result, PushResult):
             _print_push(e.result, as_json)

@@ -63,7 +63,8 @@ def plain_receive_args(argv: list[str]) -> dict[str, Any] | None:
 
 
 #: push's options taking a value, and its flags (as the click command has them)
-PUSH_OPTIONS = {"--repo": "repo_path", "--ssh-command": "ssh_command", "--receive-command": "receive_command"}
+PUSH_OPTIONS = {"--repo": "repo_path", "--ssh-command": "ssh_command", "--receive-command": "receive_command",
+                "--timeout": "timeout"}
 PUSH_FLAGS = {"--force": "force", "--delta": "delta", "--json": "as_json"}
 
 
@@ -74,7 +75,7 @@ def plain_push_args(argv: list[str]) -> dict[str, Any] | None:
     out: dict[str, Any] = {"repo_path": os.environ.get("TREESHIP_REPO") or "./releases",
                            "ssh_command": os.environ.get("TREESHIP_SSH") or None,
                            "receive_command": os.environ.get("TREESHIP_RECEIVE") or None,
-                           "force": False, "delta": False, "as_json": False}
+                           "force": False, "delta": False, "as_json": False, "timeout": 600.0}
     positional: list[str] = []
     args = argv[1:]
     i = 0
@@ -99,6 +100,12 @@ def plain_push_args(argv: list[str]) -> dict[str, Any] | None:
             return None
         out[PUSH_OPTIONS[name]] = value
     if len(positional) < 2:
+        return None
+    try:
+        out["timeout"] = float(out["timeout"])
+    except ValueError:
+        return None
+    if not out["timeout"] >= 1:  # also refuses nan, as click's FloatRange(min=1) does
         return None
     out["remote_name"], out["branches"] = positional[0], tuple(positional[1:])
     return out

@@ -8,6 +8,7 @@ commit ids and signatures that land are byte-for-byte the local ones.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -65,7 +66,8 @@ class PushResult:
 
 
 def push(repo_path: str, remote: str, branches: list[str], *, force: bool = False, ssh_command: str | None = None,
-         receive_command: str | None = None, progress: PushProgress | None = None, delta: bool = False) -> PushResult:
+         receive_command: str | None = None, progress: PushProgress | None = None, delta: bool = False,
+         timeout: float | None = 600.0) -> PushResult:
     """Push ``branches`` of the repo at ``repo_path`` to ``remote``; raise PushRejected if a ref was refused.
 
     The SSH connection starts first, so its handshake overlaps loading libostree and
@@ -89,7 +91,15 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
         repo = Repo.open(repo_path)
         heads = {b: _head(repo, b, repo_path) for b in branches}
         trace.mark("pusher: libostree loaded")
-        result = _session(repo, conn, str(target), heads, force, progress, delta)
+        reader, writer = wire.Reader(conn.rfd, timeout=None), wire.Writer(conn.wfd)
+        with _Watchdog(conn, timeout, lambda: (reader.bytes_read, writer.bytes_written)) as dog:
+            try:
+                result = _session(repo, reader, writer, str(target), heads, force, progress, delta)
+            except TreeshipError:
+                if dog.fired:
+                    raise TransferError(f"{target}: nothing moved either way for {timeout:.0f} s; "
+                                        "gave up (the receiver keeps what arrived whole)") from None
+                raise
     except TreeshipError as e:
         conn.close(kill=True)
         tail = conn.stderr_tail()
@@ -108,6 +118,42 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
         bad = [r for r in result.refs if r.status == "rejected"]
         raise PushRejected("; ".join(f"{r.ref}: {r.reason}" for r in bad), result)
     return result
+
+
+class _Watchdog:
+    """Ends the connection when no byte has moved either way for ``seconds``: a receiver that
+    hangs, or a link that died without a word (no RST, no keepalive answer), must not hang the
+    pusher, nor the CI job running it, for ever. Progress is what the connection's streams
+    moved, whatever the pusher was doing (reading an answer, or writing objects into a full pipe).
+    """
+
+    def __init__(self, conn: Connection, seconds: float | None, moved: Callable[[], tuple[int, int]]) -> None:
+        self.conn, self.seconds, self.moved, self.fired = conn, seconds, moved, False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Watchdog:
+        if self.seconds is not None:
+            self._thread = threading.Thread(target=self._watch, name="treeship-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _watch(self) -> None:
+        assert self.seconds is not None
+        moved, since = self.moved(), time.monotonic()
+        while not self._stop.wait(min(1.0, self.seconds)):
+            now = self.moved()
+            if now != moved:
+                moved, since = now, time.monotonic()
+            elif time.monotonic() - since >= self.seconds:
+                self.fired = True
+                self.conn.proc.kill()  # the session's reads and writes then fail at once
+                return
 
 
 def _remote_refs(hello: dict[str, Any]) -> dict[str, str]:
@@ -148,9 +194,8 @@ def _head(repo: Repo, branch: str, repo_path: str) -> str:
     return head
 
 
-def _session(repo: Repo, conn: Connection, remote: str, heads: dict[str, str], force: bool,
+def _session(repo: Repo, reader: wire.Reader, writer: wire.Writer, remote: str, heads: dict[str, str], force: bool,
              progress: PushProgress | None, use_delta: bool = False) -> PushResult:
-    reader, writer = wire.Reader(conn.rfd, timeout=None), wire.Writer(conn.wfd)
     writer.send_json(wire.HELLO, {"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION,
                                   "capabilities": [wire.DELTA_CAPABILITY]})
     writer.flush()
