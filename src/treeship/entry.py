@@ -53,13 +53,16 @@ def plain_receive_args(argv: list[str]) -> dict[str, Any] | None:
         if not value:
             return None
         out[RECEIVE_OPTIONS[name]] = value
+    return out if _timeout_taken(out) else None
+
+
+def _timeout_taken(out: dict[str, Any]) -> bool:
+    """Make ``out["timeout"]`` a float as click's FloatRange(min=1) does; False where click would refuse it."""
     try:
         out["timeout"] = float(out["timeout"])
     except ValueError:
-        return None
-    if not out["timeout"] >= 1:  # also refuses nan, as click's FloatRange(min=1) does
-        return None
-    return out
+        return False
+    return out["timeout"] >= 1  # also refuses nan
 
 
 #: push's options taking a value, and its flags (as the click command has them)
@@ -101,11 +104,7 @@ def plain_push_args(argv: list[str]) -> dict[str, Any] | None:
         out[PUSH_OPTIONS[name]] = value
     if len(positional) < 2:
         return None
-    try:
-        out["timeout"] = float(out["timeout"])
-    except ValueError:
-        return None
-    if not out["timeout"] >= 1:  # also refuses nan, as click's FloatRange(min=1) does
+    if not _timeout_taken(out):
         return None
     out["remote_name"], out["branches"] = positional[0], tuple(positional[1:])
     return out
