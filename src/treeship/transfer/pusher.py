@@ -227,9 +227,9 @@ def _session(repo: Repo, reader: wire.Reader, writer: wire.Writer, remote: str, 
         if candidates and not use_delta else None
     pre = reader.expect(wire.PREFLIGHT).json()
     trace.mark("pusher: preflight")
-    said = _statuses(pre, "PREFLIGHT", heads)
+    preflight = _statuses(pre, "PREFLIGHT", heads)
     # What moves is what this push asked for (never what a receiver says): only the status is its.
-    results = [RefResult(u["ref"], u["old"], u["new"], *said[u["ref"]]) for u in updates]
+    results = [RefResult(u["ref"], u["old"], u["new"], *preflight[u["ref"]]) for u in updates]
     result = PushResult(remote, results)
     go = [r for r in results if r.status == "ok"]
     if not go:
