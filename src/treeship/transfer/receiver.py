@@ -245,8 +245,6 @@ class Receiver:
                 self.signatures[csum] = repo.parse_signatures(csum, data)
                 self.commitmeta[csum] = data
             commit_type = int(OBJECT_TYPES["commit"])
-            for csum, path in commits.items():
-                repo.verify_object(path, csum, commit_type)
             with self._locked():
                 # Under the lock that moving refs takes: a commit another push has found complete
                 # (and may point a ref at) is already here, and is never marked partial again.
@@ -362,12 +360,8 @@ class Receiver:
                         if name == "commit":
                             if csum not in commits and len(commits) >= MAX_COMMITS:
                                 raise TransferError(f"push of more than {MAX_COMMITS} commits")
+                            self.repo.verify_object(data, csum, objtype)  # as it arrives: none held unchecked
                             if isinstance(data, bytes):
-                                import hashlib  # loaded already, with objects.py
-
-                                got = hashlib.sha256(data).hexdigest()
-                                if got != csum:  # refused now, not held until FINISH
-                                    raise TransferError(f"object {csum}.commit: checksum mismatch (hashes to {got})")
                                 commit_bytes += len(data)
                                 if commit_bytes > MAX_IN_FLIGHT:  # many commits: keep them on disk
                                     path = tmp / f"{counter}.commit"
@@ -408,6 +402,7 @@ class Receiver:
                         pending.clear()
                         in_flight = 0
                         csum, data = delta.receive(self, frame, tmp, pool, self.targets)
+                        self.repo.verify_object(data, csum, int(OBJECT_TYPES["commit"]))
                         commits[csum] = data
                     elif frame.type == wire.QUERY:
                         self._answer_query(frame)
