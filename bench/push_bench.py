@@ -250,6 +250,7 @@ class Env:
     missing_list: Path  # object files of release 2 that release 1 lacks (relative to the repo)
     commit1: str = ""
     commit2: str = ""
+    peer_cipher: str | None = None  # --peer-cipher: the ssh cipher the peers ask for (None: ssh's default)
 
 
 @dataclass
@@ -268,7 +269,8 @@ class Sample:
 
 
 def ssh_argv(env: Env, port: int) -> list[str]:
-    return [*env.key.ssh_argv, "-p", str(port)]
+    """The peers' ssh (treeship's is ``env.key.ssh_argv``, to which it adds its own cipher choice)."""
+    return [*env.key.ssh_argv, *(["-c", env.peer_cipher] if env.peer_cipher else []), "-p", str(port)]
 
 
 def dest_url(env: Env, dest: Path, port: int) -> str:
@@ -322,6 +324,8 @@ def command(env: Env, tool: str, scenario: str, dest: Path, port: int, rusage: P
         for flag, value in zip(args[::2], args[1::2], strict=True):
             if flag in ("-i", "-o"):  # ostree-push passes only -i and -o through to ssh
                 opts += [flag, value]
+        if env.peer_cipher:
+            opts += ["-o", f"Ciphers={env.peer_cipher}"]
         return [str(env.opush_bin / "ostree-push"), "--repo", str(src), "-q", *opts,
                 "--command", f"{wrap} ostree-receive-1", dest_url(env, dest, port), BRANCH]
     if tool == "rsync":
@@ -625,6 +629,16 @@ def versions(env: Env) -> dict[str, str]:
             "treeship-source": source_revision(env.treeship)}
 
 
+def ciphers(env: Env) -> dict[str, str]:
+    """The cipher each side's ssh asks for first (the server may still choose another)."""
+    python = Path(env.treeship).with_name("python")
+    code = ("import sys; from treeship.transfer.ciphers import cipher_options as c; "
+            "o = c(sys.argv[1:]); print(o[1].split(',')[0] if o else 'ssh default')")
+    r = subprocess.run([str(python), "-c", code, *env.key.ssh_argv], capture_output=True, text=True)
+    return {"treeship": r.stdout.strip() if r.returncode == 0 else "ssh default (no treeship.transfer.ciphers)",
+            "peers": env.peer_cipher or "ssh default"}
+
+
 def probe_text(p: dict[str, Any]) -> str:
     tmpfs = p["tmpfs_us_per_file"]
     return f"{p['workdir_us_per_file']} us" + (f" (tmpfs {tmpfs} us)" if tmpfs is not None else "")
@@ -650,6 +664,8 @@ def print_report(rep: dict[str, Any], rows: list[Row]) -> None:
           f"edited in place, {ch['small_edited']} small files edited, {ch['added']} added, {ch['removed']} removed); "
           f"missing objects {sz['missing_objects']}, {fmt_bytes(sz['missing_bytes'])}; static delta 1->2 "
           f"{fmt_bytes(sz['static_delta_bytes'])}")
+    c = rep["ciphers"]
+    print(f"ssh cipher asked for first: treeship {c['treeship']}, the peers {c['peers']} (--peer-cipher)")
     probes = "; ".join(f"before {p['before']} {probe_text(p)}" for p in rep["inode_probes"])
     print(f"a new file in the workdir: {probes}")
     for p in rep["inode_probes"]:
@@ -685,6 +701,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ostree-push-venv", type=Path, help="reuse this venv for ostree-push (made if missing)")
     ap.add_argument("--no-ostree-push", action="store_true", help="leave ostree-push out")
     ap.add_argument("--seed", type=int, default=release_bench.TreeSpec.seed, help="tree generator seed")
+    ap.add_argument("--peer-cipher", metavar="CIPHER",
+                    help="have rsync, tar, ssh true and ostree-push ask ssh for this cipher (e.g. "
+                         "aes128-gcm@openssh.com, the one treeship asks for first on a CPU with AES "
+                         "instructions); default: ssh's own choice")
     args = ap.parse_args(argv)
     runs = args.runs or (1 if args.quick else 3)
     if runs < 1:
@@ -717,11 +737,17 @@ def main(argv: list[str] | None = None) -> int:
         with server:
             key = server.add_key()
             env = Env(work, treeship, ostree, opush_bin, key, server, work / "local", work / "local-r1",
-                      work / "objects-missing.list")
+                      work / "objects-missing.list", peer_cipher=args.peer_cipher)
             log("committing release 1 and 2 with treeship release ...")
             env.commit1 = release(env, work / "tree1", env.local, "1")
             subprocess.run(["cp", "-a", str(env.local), str(env.local_r1)], check=True)
             env.commit2 = release(env, work / "tree2", env.local, "2")
+            # rsync -a skips a file whose size and mtime (in whole seconds) match: a ref file
+            # rewritten within the second release 1 wrote it would not travel.
+            for ref in (env.local / "refs" / "heads").rglob("*"):
+                if ref.is_file():
+                    st = ref.stat()
+                    os.utime(ref, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
             for repo in (env.local_r1, env.local):  # ostree-push serves the summary; make it untimed
                 subprocess.run([ostree, "summary", "-u", f"--repo={repo}"], check=True)
             r1, both = object_files(env.local_r1), object_files(env.local)
@@ -735,6 +761,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([*ssh_argv(env, server.port), host(env), "true"], check=True)  # warm sshd up
             m = release_bench.machine({"ostree": ostree, "treeship": treeship}, work)
             vers = versions(env)  # before the runs: the source revision being measured
+            ciphers_asked = ciphers(env)
             load_before = os.getloadavg()[0]
             proxy = CountingProxy(server.port)
             lists = tar_lists(env)
@@ -759,7 +786,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(samples)
     rep = {"machine": m, "versions": vers, "runs": runs, "quick": args.quick, "tree": asdict(tree),
            "changes": {**asdict(changes), "changed": changes.changed}, "sizes": sizes,
-           "load_before": round(load_before, 2), "load_after": round(load_after, 2), "inode_probes": probes,
+           "ciphers": ciphers_asked, "load_before": round(load_before, 2), "load_after": round(load_after, 2),
+           "inode_probes": probes,
            "ostree_push_error": opush_error, "commits": [env.commit1, env.commit2],
            "targets": targets(rows, sizes["missing_bytes"], sizes["static_delta_bytes"]),
            "rows": [asdict(r) for r in rows],

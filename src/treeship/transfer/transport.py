@@ -193,7 +193,9 @@ def receive_argv(target: Target, *, ssh_command: str | None = None, receive_comm
     remote_cmd = f"{remote} receive --repo {shell_quote(target.path)}"
     dest = f"{target.user}@{target.host}" if target.user else str(target.host)
     port = ["-p", str(target.port)] if target.port else []
-    return [*ssh, *port, "-o", "BatchMode=yes", "-e", "none", "-T", "--", dest, remote_cmd]
+    from .ciphers import cipher_options
+
+    return [*ssh, *cipher_options(ssh), *port, "-o", "BatchMode=yes", "-e", "none", "-T", "--", dest, remote_cmd]
 
 
 def split_command(command: str) -> list[str]:
