@@ -48,11 +48,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import trace
 from ..errors import TransferError, TreeshipError
 from ..objects import MAX_METADATA, collect
 from . import wire
@@ -393,6 +395,7 @@ def receive(rx: Receiver, frame: wire.Frame, workdir: Path, pool: Executor,
     try:
         sums = {name: _receive_file(rx, d / name, size, MAX_SUPERBLOCK if name == "superblock"
                                     else rx.policy.max_object_size) for name, size in files}
+        trace.mark("receiver: delta files received")
         raw_sb = (d / "superblock").read_bytes()
         sb = parse_delta_superblock(raw_sb)
         if (sb.from_commit, sb.to_commit) != (old, new):
@@ -424,6 +427,7 @@ def receive(rx: Receiver, frame: wire.Frame, workdir: Path, pool: Executor,
             within_limit()
             sources |= scan.sources
             produced.update(objects)
+        trace.mark("receiver: delta parts scanned")
         file_type = int(OBJECT_TYPES["file"])
         absent = [s for s in sorted(sources) if not repo.has_object(s, file_type)]
         if absent:
@@ -435,7 +439,9 @@ def receive(rx: Receiver, frame: wire.Frame, workdir: Path, pool: Executor,
         offline.write_bytes(delta_superblock_without_fallbacks(raw_sb))
         target = Repo.create(d / "repo", "bare-user")
         _apply_in_child(rx, d, target.path, offline, old, new, sorted(sources))
+        trace.mark("receiver: delta applied aside")
         _import(rx, target, d, produced, pool)
+        trace.mark("receiver: delta's objects checked and placed")
         return new, sb.commit
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -481,9 +487,14 @@ def _import(rx: Receiver, target: Repo, d: Path, produced: dict[str, int], pool:
 
     jobs = [pool.submit(one, n, csum, objtype) for n, (csum, objtype) in enumerate(sorted(produced.items()))
             if not repo.has_object(csum, objtype)]
+    # This thread takes queued jobs too (the receiver's pool has one worker): compressing and
+    # checking release the GIL, so a delta's objects are read back on two cores.
+    run_one = getattr(pool, "run_one", None)
+    waiting = deque(jobs)
     try:
-        for job in jobs:
-            rx.count_received(job.result())  # what this push adds counts against its limit, as objects would
+        while waiting:
+            if waiting[0].done() or run_one is None or not run_one():
+                rx.count_received(waiting.popleft().result())  # what this push adds counts, as objects would
     finally:
         for job in jobs:
             job.cancel()
