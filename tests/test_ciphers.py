@@ -11,9 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from pushkit import BRANCH, fsck, refs, release, write_tree
 from sshd_server import SshServer
-from treeship.transfer.ciphers import PREFERRED, _matches, cipher_options
+from treeship.transfer import ciphers
+from treeship.transfer.ciphers import PREFERRED, _matches, cipher_options, cipher_refused
 from treeship.transfer.transport import Target, receive_argv
+
+AES_HERE = bool(cipher_options(["ssh", "-F", "/dev/null"]))  # this machine's CPU
 
 X86 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 aes avx2 pclmulqdq sha_ni\n\n"
 X86_NO_AES = "processor\t: 0\nflags\t\t: fpu sse2 avx2 pclmulqdq\n\n"
@@ -94,6 +98,11 @@ def test_a_ciphers_line_in_any_configuration_is_left_alone(machine, where):
     assert machine("ssh") == []
 
 
+def test_comments_and_other_keywords_are_not_a_choice(machine):
+    (machine.home / ".ssh" / "config").write_text("# Ciphers aes256-ctr\n  #Ciphers x\nHost *\n  Compression no\n")
+    assert machine("ssh") == ["-c", PREFERRED]
+
+
 def test_configuration_without_ciphers_is_read_through(machine):
     (machine.etc / "ssh_config.d").mkdir()
     (machine.etc / "ssh_config.d" / "20-systemd-ssh-proxy.conf").write_text("Host .host\n  ProxyCommand none\n")
@@ -107,7 +116,8 @@ def test_configuration_without_ciphers_is_read_through(machine):
 
 
 @pytest.mark.parametrize("include", ["Include conf.d/[ab]*", "Include /etc/*/ssh_config", "Include ~/%d/x",
-                                     'Include "with space/x"'])
+                                     'Include "with space/x"', "Include ~alice/.ssh/config",
+                                     '"Ciphers" aes256-ctr', "Include /dev/stdin"])
 def test_an_include_it_cannot_follow_for_sure_leaves_it_alone(machine, include):
     (machine.home / ".ssh" / "config").write_text(include + "\n")
     assert machine("ssh") == []
@@ -139,11 +149,35 @@ def test_wildcards_match_as_glob_matches_them():
         assert _matches(pattern, name) is expected, (pattern, name)
 
 
-def test_the_cipher_goes_before_the_destination():
-    argv = receive_argv(Target("ssh", "/srv/releases", "h", "u", 2222), ssh_command="ssh -F /dev/null")
-    wanted = cipher_options(["ssh", "-F", "/dev/null"])
-    assert argv[:3 + len(wanted)] == ["ssh", "-F", "/dev/null", *wanted]
+def test_the_home_is_the_password_databases(machine, monkeypatch, tmp_path):
+    """As ssh's: $HOME pointing elsewhere (sudo -E, CI containers) does not hide ~/.ssh/config."""
+    import pwd
+
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: type("pw", (), {"pw_dir": str(machine.home)}))
+    monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
+    assert ciphers._home() == str(machine.home)
+
+
+def test_the_cipher_goes_before_the_destination(monkeypatch):
+    monkeypatch.setattr(ciphers, "_cpu_has_aes", lambda cpuinfo: True)
+    monkeypatch.setattr(ciphers, "_home", lambda: "/nonexistent")
+    target = Target("ssh", "/srv/releases", "h", "u", 2222)
+    argv = receive_argv(target, ssh_command="ssh -F /dev/null")
+    assert argv[:5] == ["ssh", "-F", "/dev/null", "-c", PREFERRED]
     assert argv[argv.index("--"):] == ["--", "u@h", "treeship receive --repo /srv/releases"]
+    assert receive_argv(target, ssh_command="ssh -F /dev/null", prefer_cipher=False)[:5] == \
+        ["ssh", "-F", "/dev/null", "-p", "2222"]
+
+
+@pytest.mark.parametrize("line, refused", [
+    ("Unknown cipher type 'aes128-gcm@openssh.com,chacha20-poly1305@openssh.com'", True),
+    ("command-line line 0: Bad SSH2 cipher spec '^aes128-gcm@openssh.com'.", True),
+    ("Unable to negotiate with 10.0.0.1 port 22: no matching cipher found. Their offer: aes256-cbc", True),
+    ("Permission denied (publickey).", False),
+    ("", False),
+])
+def test_what_counts_as_ssh_refusing_the_cipher(line, refused):
+    assert cipher_refused(line) is refused
 
 
 def test_ssh_and_sshd_agree_on_aes_gcm(sshd: SshServer):
@@ -158,3 +192,44 @@ def test_ssh_and_sshd_agree_on_aes_gcm(sshd: SshServer):
               if "kex: client->server cipher:" in line]
     ours = cipher_options(["ssh", "-F", "/dev/null"])
     assert agreed == ["aes128-gcm@openssh.com" if ours else "chacha20-poly1305@openssh.com"]
+
+
+def _fake_ssh(path: Path, calls: Path, body: str) -> Path:
+    """An executable named ssh (so treeship takes it for OpenSSH's) that logs its arguments."""
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n{body}')
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.skipif(not AES_HERE, reason="no AES instructions here: treeship adds no -c")
+def test_an_ssh_that_refuses_the_cipher_gets_a_second_try_without_it(treeship, server, tmp_path):
+    """An ssh built without AES-GCM (no OpenSSL, say) refuses the whole -c list: the push goes
+    on without it, over one more connection, instead of failing where it worked before."""
+    srv = server()
+    local = tmp_path / "local"
+    commit = release(treeship, write_tree(tmp_path / "tree"), local)
+    calls = tmp_path / "calls"
+    fake = _fake_ssh(tmp_path / "bin" / "ssh", calls, """for a in "$@"; do
+    if [ "$a" = "-c" ]; then echo "Unknown cipher type 'aes128-gcm@openssh.com'" >&2; exit 255; fi
+done
+exec /usr/bin/ssh "$@"
+""")
+    assert srv.ssh.startswith("ssh ")
+    out = treeship("push", "--repo", local, "--ssh-command", f"{fake} {srv.ssh[4:]}", srv.url, BRANCH,
+                   "--json").json()
+    assert out["ok"] and refs(srv.repo) == {BRANCH: commit}
+    fsck(srv.repo)
+    tries = calls.read_text().splitlines()
+    assert len(tries) == 2 and " -c " in f" {tries[0]} " and " -c " not in f" {tries[1]} "
+
+
+def test_a_refusal_that_is_not_about_ciphers_is_not_retried(treeship, server, tmp_path):
+    srv = server()
+    local = tmp_path / "local"
+    release(treeship, write_tree(tmp_path / "tree"), local)
+    calls = tmp_path / "calls"
+    fake = _fake_ssh(tmp_path / "bin" / "ssh", calls, 'echo "Permission denied (publickey)." >&2\nexit 255\n')
+    r = treeship("push", "--repo", local, "--ssh-command", str(fake), srv.url, BRANCH, rc=None)
+    assert r.returncode != 0 and "Permission denied" in r.stderr
+    assert len(calls.read_text().splitlines()) == 1

@@ -2,21 +2,25 @@
 
 OpenSSH puts chacha20-poly1305 first by default because it is fast and constant-time on any
 CPU. On a CPU with AES and carry-less multiply instructions AES-GCM is constant-time too,
-and cheaper per byte at both ends: a first push (53 MB) cost the ssh client and sshd
+and cheaper per byte: with both ends on such a CPU, a first push (53 MB) cost ssh and sshd
 0.08 CPU-s less and took 4-5% less wall time (docs/performance.md, item 18). Only the
-order changes: the list is OpenSSH's default set with AES-GCM moved to the front, and the
-server still chooses from what it allows.
+order changes: the list is OpenSSH's default set with AES-GCM moved to the front; ssh takes
+the first one the server allows. Only this machine's CPU is known here: for a server
+without AES instructions, a ``Ciphers`` line for that host in ~/.ssh/config says otherwise.
 
 Whoever chose a cipher is left alone: a ``-c`` or ``-o Ciphers=`` in the ssh command, a
 ``Ciphers`` line anywhere in the configuration ssh reads (the ``-F`` file, or
 ``~/.ssh/config`` and ``/etc/ssh/ssh_config``, with what they ``Include``), a program other
-than OpenSSH's ``ssh``, or anything here that cannot be read for sure. Imported before SSH
-starts (entry.py): it uses ``os`` only, and reads a few small files.
+than OpenSSH's ``ssh``, or anything here that cannot be read for sure. An ssh that refuses
+the option (built without OpenSSL, say) is run again without it (:func:`cipher_refused`,
+pusher.py). Imported before SSH starts (entry.py): it uses ``os`` only, and reads a few
+small files.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 
 #: OpenSSH's default cipher set (ssh_config(5), 6.9 and later), AES-GCM first.
 PREFERRED = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
@@ -24,6 +28,14 @@ PREFERRED = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@op
 
 _WITH_VALUE = frozenset("BbcDEeFIiJLlmOoPpQRSWw")  # ssh's options that take an argument (ssh(1))
 _MAX_INCLUDE_DEPTH = 16  # as ssh's READCONF_MAX_DEPTH
+_MAX_CONFIG = 1 << 20  # a configuration file larger than this is not read through here
+#: what ssh prints when it refuses ``-c`` (ssh.c) or finds no cipher both sides allow (kex.c)
+_REFUSALS = ("Unknown cipher type", "Bad SSH2 cipher spec", "no matching cipher found")
+
+
+def cipher_refused(stderr_line: str) -> bool:
+    """Whether ssh's last word says it would not take, or could not agree on, the cipher list."""
+    return any(r in stderr_line for r in _REFUSALS)
 
 
 def cipher_options(ssh: list[str], cpuinfo: str = "/proc/cpuinfo", home: str | None = None,
@@ -37,7 +49,7 @@ def cipher_options(ssh: list[str], cpuinfo: str = "/proc/cpuinfo", home: str | N
         return []
     if not _cpu_has_aes(cpuinfo):
         return []
-    home = home if home is not None else os.path.expanduser("~")
+    home = home if home is not None else _home()
     user_dir = os.path.join(home, ".ssh")
     given = [value for flag, value in options if flag == "F"]
     if given:
@@ -49,6 +61,16 @@ def cipher_options(ssh: list[str], cpuinfo: str = "/proc/cpuinfo", home: str | N
         if _may_choose_ciphers(path, base, home, 0):
             return []
     return ["-c", PREFERRED]
+
+
+def _home() -> str:
+    """The home directory ssh reads ~/.ssh/config from: the password database's, not $HOME."""
+    import pwd  # built in: no file to import
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return os.path.expanduser("~")
 
 
 def _options(args: list[str]) -> list[tuple[str, str]] | None:
@@ -103,13 +125,18 @@ def _may_choose_ciphers(path: str, base: str, home: str, depth: int) -> bool:
     if depth > _MAX_INCLUDE_DEPTH:
         return True
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_CONFIG:
+            return path != os.devnull  # a FIFO, a device, a huge file: not read through here
         with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+            text = f.read(_MAX_CONFIG)
     except FileNotFoundError:
         return False
     except OSError:
         return True  # there, but unreadable to us: ssh may read it
     for line in text.splitlines():
+        if line.lstrip().startswith('"'):
+            return True  # a quoted keyword: ssh takes it, _keyword does not read it
         keyword = _keyword(line)
         if keyword == "ciphers":
             return True
@@ -128,8 +155,8 @@ def _expand(path: str, home: str) -> str:
 
 def _included(pattern: str, base: str) -> list[str] | None:
     """The files an Include pattern names (``*`` and ``?`` in the last part); None if unsure."""
-    if any(c in pattern for c in "[]{}%$\"'\\"):
-        return None
+    if any(c in pattern for c in "[]{}%$\"'\\") or pattern.startswith("~"):
+        return None  # (a ~ left by _expand is ~user: another home)
     pattern = os.path.join(base, pattern)  # relative: to ~/.ssh or /etc/ssh, as ssh has it
     directory, name = os.path.split(pattern)
     if any(c in directory for c in "*?"):

@@ -475,11 +475,17 @@ def _import(rx: Receiver, target: Repo, d: Path, produced: dict[str, int], pool:
     Each worker reads one object (compressing it, as an archive repo stores it), then
     verifies and places it; a large object goes through a file, so memory stays bounded.
     """
+    from ..repo import Repo
+
     repo = rx.repo
     limit = rx.policy.max_object_size
+    opened = threading.local()  # an OstreeRepo per thread: libostree does not promise more
 
     def one(n: int, csum: str, objtype: int) -> int:
-        data = _read_archive(target, csum, objtype, d / f"import-{n}",
+        source = getattr(opened, "repo", None)
+        if source is None:
+            source = opened.repo = Repo.open(target.path)
+        data = _read_archive(source, csum, objtype, d / f"import-{n}",
                              limit if objtype == _FILE else min(limit, MAX_METADATA))
         size = data.stat().st_size if isinstance(data, Path) else len(data)
         repo.install_object(data, csum, objtype)  # a file is moved into place, not copied

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .. import trace
 from ..errors import PushRejected, RepoError, TransferError, TreeshipError, UsageError
 from . import wire
+from .ciphers import cipher_refused
 from .transport import Connection, connect, receive_argv, resolve_remote
 
 if TYPE_CHECKING:
@@ -82,33 +83,44 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
 
         Repo.open(repo_path)  # raises the precise error
     target = resolve_remote(repo_path, remote)
-    conn = connect(receive_argv(target, ssh_command=ssh_command, receive_command=receive_command,
-                                create=target.kind == "local"))
+    argv = receive_argv(target, ssh_command=ssh_command, receive_command=receive_command,
+                        create=target.kind == "local")
+    # Without the cipher treeship prefers (transfer/ciphers.py): for an ssh that refuses it.
+    plain = receive_argv(target, ssh_command=ssh_command, receive_command=receive_command,
+                         create=target.kind == "local", prefer_cipher=False)
+    conn = connect(argv)
     trace.mark("pusher: receiver process started (ssh or local)")
-    try:
-        from ..repo import Repo
+    while True:
+        reader: wire.Reader | None = None
+        try:
+            from ..repo import Repo
 
-        repo = Repo.open(repo_path)
-        heads = {b: _head(repo, b, repo_path) for b in branches}
-        trace.mark("pusher: libostree loaded")
-        reader, writer = wire.Reader(conn.rfd, timeout=None), wire.Writer(conn.wfd)
-        with _Watchdog(conn, timeout, lambda: (reader.bytes_read, writer.bytes_written)) as dog:
-            try:
-                result = _session(repo, reader, writer, str(target), heads, force, progress, delta)
-            except TreeshipError:
-                if dog.fired:
-                    raise TransferError(f"{target}: nothing moved either way for {timeout:.0f} s; "
-                                        "gave up (the receiver keeps what arrived whole)") from None
-                raise
-    except TreeshipError as e:
-        conn.close(kill=True)
-        tail = conn.stderr_tail()
-        if isinstance(e, TransferError) and tail and tail not in e.message and not e.message.startswith("remote"):
-            raise TransferError(f"{e.message} ({tail})") from None
-        raise
-    except BaseException:
-        conn.close(kill=True)
-        raise
+            repo = Repo.open(repo_path)
+            heads = {b: _head(repo, b, repo_path) for b in branches}
+            trace.mark("pusher: libostree loaded")
+            reader, writer = wire.Reader(conn.rfd, timeout=None), wire.Writer(conn.wfd)
+            with _Watchdog(conn, timeout, lambda r=reader, w=writer: (r.bytes_read, w.bytes_written)) as dog:
+                try:
+                    result = _session(repo, reader, writer, str(target), heads, force, progress, delta)
+                except TreeshipError:
+                    if dog.fired:
+                        raise TransferError(f"{target}: nothing moved either way for {timeout:.0f} s; "
+                                            "gave up (the receiver keeps what arrived whole)") from None
+                    raise
+            break
+        except TreeshipError as e:
+            conn.close(kill=True)
+            tail = conn.stderr_tail()
+            if conn.argv != plain and isinstance(e, TransferError) and reader is not None \
+                    and reader.bytes_read == 0 and cipher_refused(tail):
+                conn = Connection(plain)  # once: `plain` is not retried
+                continue
+            if isinstance(e, TransferError) and tail and tail not in e.message and not e.message.startswith("remote"):
+                raise TransferError(f"{e.message} ({tail})") from None
+            raise
+        except BaseException:
+            conn.close(kill=True)
+            raise
     rc = conn.close()
     trace.mark("pusher: receiver exited")
     result.seconds = round(time.monotonic() - started, 3)

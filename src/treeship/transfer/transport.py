@@ -181,8 +181,9 @@ def local_treeship() -> list[str]:
 
 
 def receive_argv(target: Target, *, ssh_command: str | None = None, receive_command: str | None = None,
-                 create: bool = False) -> list[str]:
-    """The command line that starts the receiver for ``target``."""
+                 create: bool = False, prefer_cipher: bool = True) -> list[str]:
+    """The command line that starts the receiver for ``target`` (``prefer_cipher``: with the
+    cipher choice of transfer/ciphers.py, where it applies)."""
     if target.kind == "local":
         argv = [*local_treeship(), "receive", "--repo", os.path.abspath(target.path)]
         return argv + (["--create"] if create else [])
@@ -195,7 +196,8 @@ def receive_argv(target: Target, *, ssh_command: str | None = None, receive_comm
     port = ["-p", str(target.port)] if target.port else []
     from .ciphers import cipher_options
 
-    return [*ssh, *cipher_options(ssh), *port, "-o", "BatchMode=yes", "-e", "none", "-T", "--", dest, remote_cmd]
+    cipher = cipher_options(ssh) if prefer_cipher else []
+    return [*ssh, *cipher, *port, "-o", "BatchMode=yes", "-e", "none", "-T", "--", dest, remote_cmd]
 
 
 def split_command(command: str) -> list[str]:
