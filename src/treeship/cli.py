@@ -492,7 +492,9 @@ def _push_progress(enabled: bool) -> Iterator[Callable[[int, int, int, int], Non
 @repo_option
 @click.option("--force", is_flag=True, help="Allow a non-fast-forward update where the receiver's policy does.")
 @click.option("--ssh-command", envvar="TREESHIP_SSH", show_envvar=True,
-              help="SSH command and options, e.g. 'ssh -i key -o IdentitiesOnly=yes'.")
+              help="SSH command and options, e.g. 'ssh -i key -o IdentitiesOnly=yes'. Unless it or "
+                   "your ssh config picks a cipher (-c, Ciphers), AES-GCM is asked for first on a CPU "
+                   "with AES instructions.")
 @click.option("--receive-command", envvar="TREESHIP_RECEIVE", show_envvar=True,
               help="treeship on the server, if it is not on the remote PATH.")
 @click.option("--delta", is_flag=True,
