@@ -107,6 +107,34 @@ def test_incremental_push_sends_only_what_changed(treeship, server, tmp_path, ed
     assert refs(srv.repo) == {BRANCH: second}
 
 
+def test_a_first_push_into_an_empty_repository_sends_all_without_asking(treeship, tmp_path):
+    """An empty receiver says so in its HELLO: no QUERY, no MISSING (for a large tree, megabytes
+    of object names each way, and a round trip before the first object). Once the repository
+    holds objects, the pusher asks again and sends only what is missing."""
+    local = tmp_path / "local"
+    commit = release(treeship, write_tree(tmp_path / "tree"), local)
+    dest = tmp_path / "dest"
+    ostree("init", "--repo", dest, "--mode=archive")
+    trace = tmp_path / "trace"
+
+    out = treeship("push", "--repo", local, dest, BRANCH, "--json", env={"TREESHIP_TRACE": str(trace)}).json()
+
+    assert out["ok"] and out["objects_sent"] == len(tree_objects(local, commit)) + 1  # + the commit
+    marks = trace.read_text()
+    assert "receiver: preflight sent" in marks and "receiver: query" not in marks
+    fsck(dest)
+    assert refs(dest) == {BRANCH: commit}
+
+    other = release(treeship, write_tree(tmp_path / "tree2", tag="2"), local, "other/x86_64")
+    trace.unlink()
+    out = treeship("push", "--repo", local, dest, "other/x86_64", "--json",
+                   env={"TREESHIP_TRACE": str(trace)}).json()
+    assert "receiver: query" in trace.read_text()
+    assert out["ok"] and 0 < out["objects_sent"] < len(tree_objects(local, other)) + 1
+    fsck(dest)
+    assert refs(dest) == {BRANCH: commit, "other/x86_64": other}
+
+
 # -- 3. several branches, local remotes, named remotes ---------------------------------------
 
 

@@ -156,6 +156,16 @@ def _existing(directory: str) -> frozenset[str] | None:
         return None
 
 
+def holds_no_objects(path: str | os.PathLike[str]) -> bool:
+    """Whether ``objects/`` has no entry at all: a repository nothing was ever committed or
+    pushed into (not even half a push: that leaves objects/XX directories)."""
+    try:
+        with os.scandir(Path(path, "objects")) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
+
+
 def remote_refs_present(path: str | os.PathLike[str]) -> bool:
     """Whether refs/remotes holds anything (then libostree lists those refs too)."""
     try:

@@ -228,6 +228,9 @@ def _session(repo: Repo, reader: wire.Reader, writer: wire.Writer, remote: str, 
     if hello.get("magic") != wire.MAGIC or hello.get("protocol") != wire.PROTOCOL_VERSION:
         raise TransferError(f"{remote}: the receiver speaks another protocol ({hello.get('protocol')!r})")
     remote_refs = _remote_refs(hello)
+    # A receiver with no objects at all lacks every one: no QUERY (its answer would be a round
+    # trip, and a listing of everything, between PREFLIGHT and the first object).
+    ask = not (hello.get("empty") is True and not remote_refs)
     updates = [{"ref": b, "old": remote_refs.get(b), "new": c} for b, c in heads.items()]
     writer.send_json(wire.UPDATE, {"updates": updates, "force": force})
     writer.flush()
@@ -236,7 +239,7 @@ def _session(repo: Repo, reader: wire.Reader, writer: wire.Writer, remote: str, 
     moving = [u["new"] for u in updates if u["new"] != u["old"]]
     candidates = _candidates(repo, moving, remote_refs, closures, held)
     early = _ask(writer, _in_send_order(set().union(*candidates.values()))) \
-        if candidates and not use_delta else None
+        if candidates and ask and not use_delta else None
     pre = reader.expect(wire.PREFLIGHT).json()
     trace.mark("pusher: preflight")
     preflight = _statuses(pre, "PREFLIGHT", heads)
@@ -258,7 +261,7 @@ def _session(repo: Repo, reader: wire.Reader, writer: wire.Writer, remote: str, 
                                           hello, Path(workdir))
             result.messages += notes
         try:
-            _send(repo, reader, writer, go, remote_refs, deltas, result, progress, candidates, early)
+            _send(repo, reader, writer, go, remote_refs, deltas, result, progress, candidates, early, ask)
         except TransferError as e:
             said = _remote_error(reader)  # a receiver that gives up says why before it hangs up
             if said is None:
@@ -277,8 +280,9 @@ def _session(repo: Repo, reader: wire.Reader, writer: wire.Writer, remote: str, 
 
 def _send(repo: Repo, reader: wire.Reader, writer: wire.Writer, go: list[RefResult], remote_refs: dict[str, str],
           deltas: list[OutgoingDelta], result: PushResult, progress: PushProgress | None,
-          candidates: dict[str, set[tuple[str, int]]], early: _Asked | None = None) -> None:
-    """The objects the receiver lacks, then the static deltas (push --delta), then FINISH."""
+          candidates: dict[str, set[tuple[str, int]]], early: _Asked | None = None, ask: bool = True) -> None:
+    """The objects the receiver lacks (``ask``: as it says; else all of them), then the static
+    deltas (push --delta), then FINISH."""
     by_delta = {d.to_commit for d in deltas}
     wanted: set[tuple[str, int]] = set()
     for r in go:
@@ -295,7 +299,7 @@ def _send(repo: Repo, reader: wire.Reader, writer: wire.Writer, go: list[RefResu
             wanted.add((parent, int(OBJECT_TYPES["commit"])))
             parent = repo.commit(parent).parent
     trace.mark("pusher: candidates walked")
-    missing = _query(reader, writer, _in_send_order(wanted), early)
+    missing = _query(reader, writer, _in_send_order(wanted), early) if ask else _in_send_order(wanted)
     total_bytes = sum(_size(repo, c, t) for c, t in missing) + sum(d.size for d in deltas) if progress else 0
     total_objects = len(missing) + len(deltas)
     done_objects = done_bytes = 0

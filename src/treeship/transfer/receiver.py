@@ -211,15 +211,18 @@ class Receiver:
                 Repo.create(self.repo_path, "archive")
             else:
                 Repo.open(self.repo_path)  # raises the precise error
-        mode = layout.mode(self.repo_path) or self.repo.mode
+        plain = layout.mode(self.repo_path)
+        mode = plain or self.repo.mode
         if mode != "archive":
             raise TransferError(f"{self.repo_path}: a receiving repository must be in archive mode, "
                                 f"not {mode} (it is what clients pull over HTTP)")
         self.heads = None if layout.remote_refs_present(self.repo_path) else layout.heads(self.repo_path)
         refs = self.heads if self.heads is not None else self.repo.refs()
+        # Nothing here (no parent repository either): the pusher sends everything without asking.
+        empty = plain is not None and refs == {} and layout.holds_no_objects(self.repo_path)
         self.writer.send_json(wire.HELLO, {"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION,
                                            "server": f"treeship {__version__}", "mode": mode,
-                                           "refs": refs, "key_id": self.key_id,
+                                           "refs": refs, "empty": empty, "key_id": self.key_id,
                                            "capabilities": [wire.DELTA_CAPABILITY],
                                            "idle_timeout": self.reader.timeout})
         self.writer.flush()
@@ -354,6 +357,7 @@ class Receiver:
                             from ..objects import ObjectStore
 
                             store = ObjectStore(self.repo_path)  # no libostree: content goes on while it loads
+                            self._start_loading()  # (started already where a QUERY came first)
                         counter += 1
                         csum, objtype, data = self._read_object(frame, tmp, counter)
                         name = _TYPE_NAMES[objtype]
