@@ -135,6 +135,26 @@ def test_a_first_push_into_an_empty_repository_sends_all_without_asking(treeship
     assert refs(dest) == {BRANCH: commit, "other/x86_64": other}
 
 
+def test_a_repository_with_a_parent_gets_every_object_itself(treeship, tmp_path):
+    """Clients pull a releases repository's own files over HTTP, not its parent's: every object,
+    the commit too, lands in it (libostree's has_object also looks in the parent), and such a
+    receiver never says it is empty."""
+    local = tmp_path / "local"
+    commit = release(treeship, write_tree(tmp_path / "tree"), local)
+    parent, dest = tmp_path / "parent", tmp_path / "dest"
+    push(treeship, local, str(parent), BRANCH)
+    ostree("init", "--repo", dest, "--mode=archive")
+    ostree("config", "--repo", dest, "set", "core.parent", str(parent))
+    trace = tmp_path / "trace"
+
+    out = treeship("push", "--repo", local, dest, BRANCH, "--json", env={"TREESHIP_TRACE": str(trace)}).json()
+
+    assert "receiver: query" in trace.read_text()
+    assert out["ok"] and out["objects_sent"] == len(tree_objects(local, commit)) + 1
+    assert ostree("rev-parse", "--repo", dest, BRANCH).stdout.strip() == commit
+    assert objects(dest) == objects(parent)  # the commit's file included
+
+
 # -- 3. several branches, local remotes, named remotes ---------------------------------------
 
 

@@ -121,6 +121,9 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
         except BaseException:
             conn.close(kill=True)
             raise
+    if conn.argv != argv:
+        result.messages.append("ssh refused the cipher list treeship asks for; pushed with ssh's own choice "
+                               "(a Ciphers line for this host in ~/.ssh/config saves the first try)")
     rc = conn.close()
     trace.mark("pusher: receiver exited")
     result.seconds = round(time.monotonic() - started, 3)

@@ -251,8 +251,10 @@ class Receiver:
             with self._locked():
                 # Under the lock that moving refs takes: a commit another push has found complete
                 # (and may point a ref at) is already here, and is never marked partial again.
+                # Here means in this repository's own objects/, which clients pull from (not a
+                # parent repository's, where libostree's has_object also looks).
                 for csum, path in commits.items():
-                    if not repo.has_commit(csum):
+                    if not os.path.exists(f"{self.repo_path}/objects/{layout.object_relpath(csum, 'commit')}"):
                         repo.mark_partial(csum, True)  # until its closure is known to be here
                         repo.place_object(path, csum, commit_type)
             # On stable storage before a commit is called complete or a ref points at it; the
