@@ -111,10 +111,16 @@ def object_relpath(checksum: str, suffix: str) -> str:
     return f"{checksum[:2]}/{checksum[2:]}.{suffix}"
 
 
+def is_stored(path: str | os.PathLike[str], checksum: str, objtype: str) -> bool:
+    """The object's file is in this archive repository's own ``objects/`` (partial or not; a
+    parent repository's, where libostree's has_object also looks, does not count)."""
+    return os.path.exists(f"{path}/objects/{object_relpath(checksum, _SUFFIX[objtype])}")
+
+
 def has_object(path: str | os.PathLike[str], checksum: str, objtype: str) -> bool:
     """In an archive repository: the object is stored, and a commit is not marked partial
     (``state/CHECKSUM.commitpartial``, as libostree marks it), as Repo.has_object tells it."""
-    if not os.path.exists(f"{path}/objects/{object_relpath(checksum, _SUFFIX[objtype])}"):
+    if not is_stored(path, checksum, objtype):
         return False
     return objtype != "commit" or not os.path.exists(f"{path}/state/{checksum}.commitpartial")
 
@@ -156,22 +162,24 @@ def _existing(directory: str) -> frozenset[str] | None:
         return None
 
 
+def _has_entries(directory: Path) -> bool | None:
+    """Whether ``directory`` holds anything; None where it cannot be listed (or is not there)."""
+    try:
+        with os.scandir(directory) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return None
+
+
 def holds_no_objects(path: str | os.PathLike[str]) -> bool:
     """Whether ``objects/`` has no entry at all: a repository nothing was ever committed or
     pushed into (not even half a push: that leaves objects/XX directories)."""
-    try:
-        with os.scandir(Path(path, "objects")) as entries:
-            return next(entries, None) is None
-    except OSError:
-        return False
+    return _has_entries(Path(path, "objects")) is False
 
 
 def remote_refs_present(path: str | os.PathLike[str]) -> bool:
     """Whether refs/remotes holds anything (then libostree lists those refs too)."""
-    try:
-        return any(True for _ in os.scandir(Path(path, "refs", "remotes")))
-    except OSError:
-        return False
+    return _has_entries(Path(path, "refs", "remotes")) is True
 
 
 def refs_digest(refs: dict[str, str]) -> str:

@@ -251,10 +251,9 @@ class Receiver:
             with self._locked():
                 # Under the lock that moving refs takes: a commit another push has found complete
                 # (and may point a ref at) is already here, and is never marked partial again.
-                # Here means in this repository's own objects/, which clients pull from (not a
-                # parent repository's, where libostree's has_object also looks).
+                # Here means in this repository's own objects/, which clients pull from.
                 for csum, path in commits.items():
-                    if not os.path.exists(f"{self.repo_path}/objects/{layout.object_relpath(csum, 'commit')}"):
+                    if not layout.is_stored(self.repo_path, csum, "commit"):
                         repo.mark_partial(csum, True)  # until its closure is known to be here
                         repo.place_object(path, csum, commit_type)
             # On stable storage before a commit is called complete or a ref points at it; the
