@@ -67,6 +67,8 @@ def test_a_missing_object_where_the_commits_differ_is_found(history, name):
     csum = _entry(repo, second, f"/{name}")
     _object(repo, csum, "filez").unlink()
     assert Repo.open(repo).check_closure(second) == f"content object {csum} is missing"
+    # what the caller says it placed itself is not looked up (the receiver's own objects)
+    assert Repo.open(repo).check_closure(second, placed={csum}) is None
 
 
 def test_a_missing_dirtree_where_the_commits_differ_is_found(history):

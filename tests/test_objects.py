@@ -6,6 +6,7 @@ and headers altered in ways only libostree's own check could judge must be judge
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from pathlib import Path
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from conftest import ostree
 from treeship import objects
-from treeship.errors import TransferError
+from treeship.errors import StorageError, TransferError
 
 
 @pytest.fixture
@@ -179,3 +180,74 @@ def _dirtree_bytes(draw: st.DrawFn) -> bytes:
 @settings(max_examples=600, deadline=None)
 def test_parse_dirtree_agrees_on_real_and_altered_dirtrees(data: bytes):
     _agrees_with_glib(data)
+
+
+# -- placing: new objects/XX directories are filled aside and moved in whole -------------------
+
+
+def _name(prefix: str, n: int) -> str:
+    return prefix + f"{n:062x}"
+
+
+def test_staged_objects_are_readable_only_once_unstaged(tmp_path: Path):
+    repo = tmp_path / "repo"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    objs = repo / "objects"
+    (objs / "ab").mkdir()  # there before the push: its objects are placed one by one, at once
+    store = objects.ObjectStore(repo, staging=str(tmp_path / "stage"))
+
+    store.place(b"old dir", _name("ab", 1), "filez")
+    assert (objs / "ab" / f"{_name('ab', 1)[2:]}.filez").read_bytes() == b"old dir"
+
+    store.place(b"new dir", _name("cd", 1), "filez")
+    store.place(b"meta", _name("cd", 2), "dirtree")
+    spill = tmp_path / "spilled"
+    spill.write_bytes(b"large")
+    store.place(spill, _name("cd", 3), "filez")  # a large object arrives as a file
+    store.place(b"raced", _name("ef", 1), "filez")
+    store.place(b"emptied", _name("12", 1), "filez")
+    assert sorted(p.name for p in objs.iterdir()) == ["ab"]  # nothing new readable yet
+
+    # meanwhile a concurrent push made objects/ef (with an object in it) and an empty objects/12
+    (objs / "ef").mkdir()
+    (objs / "ef" / f"{_name('ef', 2)[2:]}.filez").write_bytes(b"theirs")
+    (objs / "12").mkdir()
+
+    store.unstage()
+    got = {str(p.relative_to(objs)): p.read_bytes() for p in objs.rglob("*") if p.is_file()}
+    assert got == {f"ab/{_name('ab', 1)[2:]}.filez": b"old dir",
+                   f"cd/{_name('cd', 1)[2:]}.filez": b"new dir",
+                   f"cd/{_name('cd', 2)[2:]}.dirtree": b"meta",
+                   f"cd/{_name('cd', 3)[2:]}.filez": b"large",
+                   f"ef/{_name('ef', 1)[2:]}.filez": b"raced",
+                   f"ef/{_name('ef', 2)[2:]}.filez": b"theirs",
+                   f"12/{_name('12', 1)[2:]}.filez": b"emptied"}
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in objs.rglob("*") if p.is_file())
+    assert [p for p in (tmp_path / "stage").rglob("*") if p.is_file()] == []
+
+    store.place(b"after", _name("cd", 4), "filez")  # the directory is in objects/ now
+    assert (objs / "cd" / f"{_name('cd', 4)[2:]}.filez").read_bytes() == b"after"
+    store.close()
+
+
+def test_a_staged_object_not_written_whole_is_removed(tmp_path: Path, monkeypatch):
+    repo = tmp_path / "repo"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    store = objects.ObjectStore(repo, staging=str(tmp_path / "stage"))
+    store.place(b"first", _name("aa", 1), "filez")
+    real_write = os.write
+    written: list[int] = []
+
+    def short_then_full(fd: int, data: memoryview) -> int:  # the disk fills after one byte
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(real_write(fd, data[:1]))
+        return written[-1]
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    with pytest.raises(StorageError, match="no space left on device"):
+        store.place(b"second, larger", _name("aa", 2), "filez")
+    monkeypatch.undo()
+    store.unstage()
+    assert [p.name for p in (repo / "objects" / "aa").iterdir()] == [f"{_name('aa', 1)[2:]}.filez"]
+    store.close()

@@ -233,6 +233,38 @@ def test_interrupted_push_keeps_what_arrived_and_resumes(treeship, server, tmp_p
     no_session_leftovers(srv.repo)
 
 
+def test_what_a_killed_receiver_staged_whole_is_adopted_by_the_next_push(treeship, tmp_path):
+    """A receiver fills new objects/XX directories aside (objects.ObjectStore) and moves them in
+    at the end; one killed before that leaves them in its session directory. The next session
+    of the same boot moves in those written whole (0644), and nothing else."""
+    local, srv = tmp_path / "local", tmp_path / "srv"
+    release(treeship, write_tree(tmp_path / "tree"), local)
+    ostree("init", "--repo", srv, "--mode=archive")
+    files = sorted((local / "objects").glob("*/*.filez"), key=lambda p: p.stat().st_size)
+    whole, cut, other_boot = files[-1], files[-2], files[-3]
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+    def stage(session: str, obj: Path, mode: int) -> Path:
+        d = srv / "tmp" / session / "objects" / obj.parent.name
+        d.mkdir(parents=True, exist_ok=True)
+        (srv / "tmp" / session / ".lock").touch()
+        (d / obj.name).write_bytes(obj.read_bytes())
+        (d / obj.name).chmod(mode)
+        return d / obj.name
+
+    stage(f"treeship-receive-{boot}-killed", whole, 0o644)
+    stage(f"treeship-receive-{boot}-killed", cut, 0o600)  # being written when the receiver died
+    (stage(f"treeship-receive-{boot}-killed", whole, 0o644).parent / ("0" * 62 + ".junk")).write_bytes(b"x")
+    stage("treeship-receive-00000000-0000-0000-0000-000000000000-before-a-reboot", other_boot, 0o644)
+    control = push(treeship, local, str(tmp_path / "control"), BRANCH).json()
+
+    out = push(treeship, local, str(srv), BRANCH).json()
+    assert out["ok"] and out["objects_sent"] == control["objects_sent"] - 1
+    fsck(srv)
+    assert objects(srv) == objects(tmp_path / "control")
+    no_session_leftovers(srv)
+
+
 # -- 5. rejections ---------------------------------------------------------------------------
 
 

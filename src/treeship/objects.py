@@ -14,6 +14,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import stat
 import struct
 import threading
@@ -29,6 +30,7 @@ except ImportError:  # a platform without its wheel: the standard library's zlib
     import zlib as _inflate  # type: ignore[no-redef]
 
 SPILL_SIZE = 4 << 20  # a received object larger than this goes to a file, not memory
+_HEX_DIGITS = frozenset("0123456789abcdef")
 _MODE_BITS = stat.S_IFMT(0o170000) | 0o7777  # what ostree_validate_structureof_file_mode allows besides the type
 
 
@@ -45,48 +47,112 @@ def _plain_regular_header(hb: bytes, mode: int) -> bool:
 
 
 class ObjectStore:
-    """The objects/ directory of an archive repository, for placing verified objects."""
+    """The objects/ directory of an archive repository, for placing verified objects.
 
-    def __init__(self, repo_path: str | os.PathLike[str]) -> None:
+    With ``staging`` (a directory of this push's own on the same file system), an object
+    whose ``objects/XX`` directory does not exist yet is written straight under its name into
+    ``staging/XX``, and :meth:`unstage` later moves each such directory into ``objects/`` with
+    one rename. Until then nothing in it is readable where clients look, so it need not be
+    made whole before it is named: one ``openat`` where an unnamed file and a ``linkat`` cost
+    a third more system time per object (a first push places thousands; measured in
+    docs/performance.md). Directories that exist already get objects one by one, as without.
+    """
+
+    def __init__(self, repo_path: str | os.PathLike[str], staging: str | None = None) -> None:
         self.path = Path(repo_path)
+        self.staging = staging
         self._fd: int | None = None
+        self._staging_fd: int | None = None
         self._dirs: set[str] = set()  # objects/XX directories known to exist
+        self._staged: set[str] = set()  # staging/XX directories made, not yet moved into objects/
+        self._listed: set[str] | None = None  # objects/XX present when staging began
         self._lock = threading.Lock()
+        self.placed: set[str] = set()  # checksums placed through this store (a closure check need not stat them)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for fd in (self._fd, self._staging_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._staging_fd = None
 
     def __del__(self) -> None:
         self.close()
+
+    def _open(self) -> None:
+        with self._lock:
+            if self._fd is None:
+                self._fd = os.open(self.path / "objects", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                if self.staging is not None:
+                    self._listed = set(os.listdir(self.path / "objects"))
+                    os.makedirs(self.staging, exist_ok=True)
+                    self._staging_fd = os.open(self.staging, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def place(self, src: bytes | Path, checksum: str, suffix: str) -> None:
         """Make a verified object visible as objects/XX/REST.SUFFIX, as received (no recompression).
 
         The file appears under its name only complete: an unnamed O_TMPFILE linked into
-        place, or a temp file renamed; an interrupted write leaves nothing readable.
-        This is on a push's hot path (thousands of files): one directory descriptor, plain
-        strings, and the existing objects/XX directories looked up once.
+        place, or a temp file renamed; an interrupted write leaves nothing readable (a staged
+        one is readable nowhere until :meth:`unstage`). This is on a push's hot path
+        (thousands of files): directory descriptors, plain strings, and the existing
+        objects/XX directories looked up once.
         """
         directory, _, name = object_relpath(checksum, suffix).partition("/")
         try:
-            with self._lock:
-                if self._fd is None:
-                    self._fd = os.open(self.path / "objects", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            if self._fd is None:
+                self._open()
             if directory not in self._dirs:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(directory, 0o755, dir_fd=self._fd)
-                self._dirs.add(directory)
+                self._make_dir(directory)
+            staged = directory in self._staged
+            dir_fd = self._staging_fd if staged else self._fd
+            assert dir_fd is not None  # both are open once _open has run
             if isinstance(src, Path):
                 os.chmod(src, 0o644)
-                os.replace(src, f"{directory}/{name}", dst_dir_fd=self._fd)
+                os.replace(src, f"{directory}/{name}", dst_dir_fd=dir_fd)
+            elif staged:
+                write_staged_file(dir_fd, f"{directory}/{name}", src)
             else:
-                write_new_file(self._fd, directory, name, src)
+                write_new_file(dir_fd, directory, name, src)
+            self.placed.add(checksum)
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise StorageError(f"{self.path}: no space left on device") from None
             raise StorageError(f"{self.path}: storing {name}: {e.strerror}") from None
+
+    def _make_dir(self, directory: str) -> None:
+        with self._lock:  # the reading thread and the verify thread must decide alike
+            if directory in self._dirs:
+                return
+            if self._listed is not None and directory not in self._listed:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(directory, 0o755, dir_fd=self._staging_fd)
+                self._staged.add(directory)
+            else:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(directory, 0o755, dir_fd=self._fd)
+            self._dirs.add(directory)
+
+    def unstage(self) -> None:
+        """Move the staged directories into objects/: each with one rename, or (where objects/XX
+        has appeared meanwhile, made by a concurrent push, say) object by object. Call it once
+        no place() is under way; objects placed later go straight to objects/."""
+        with self._lock:
+            staged, self._staged, self._listed = sorted(self._staged), set(), None
+        try:
+            for directory in staged:
+                try:
+                    # A rename replaces an empty objects/XX (harmless: nothing is in it) and
+                    # fails on one that holds something.
+                    os.rename(directory, directory, src_dir_fd=self._staging_fd, dst_dir_fd=self._fd)
+                except OSError as e:
+                    if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+                    for name in os.listdir(f"{self.staging}/{directory}"):
+                        os.rename(f"{directory}/{name}", f"{directory}/{name}",
+                                  src_dir_fd=self._staging_fd, dst_dir_fd=self._fd)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise StorageError(f"{self.path}: no space left on device") from None
+            raise StorageError(f"{self.path}: moving received objects into objects/: {e.strerror}") from None
 
     def install_content(self, src: bytes | Path, checksum: str, max_size: int | None = None) -> None:
         """Check a received content object, then make it visible."""
@@ -297,6 +363,55 @@ def _umask() -> int:
 
 
 _CHMOD_NEEDED = bool(_umask() & 0o644)
+
+
+def write_staged_file(dir_fd: int, path: str, data: bytes) -> None:
+    """Create ``path`` (relative to ``dir_fd``, a directory nobody reads yet) holding ``data``;
+    removed again if it cannot be written whole. The same object twice is written once.
+
+    It is made 0600 and turned 0644 once written whole: should the process be killed
+    meanwhile, :func:`adopt_staged` knows a finished file from one cut short."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    except FileExistsError:
+        return
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, 0o644)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path, dir_fd=dir_fd)
+        raise
+    finally:
+        os.close(fd)
+
+
+_STAGED_NAME = re.compile(r"[0-9a-f]{62}\.(?:filez|dirtree|dirmeta)")
+
+
+def adopt_staged(repo_path: str | os.PathLike[str], staging: str | os.PathLike[str]) -> int:
+    """Move into objects/ what a receiver that was killed had staged whole, and say how many.
+
+    Every staged object was verified before it was written, and a file is 0644 only once
+    written whole (write_staged_file); anything else is left to be deleted with the
+    directory. The caller adopts only what a receiver of the same boot left: after a crash,
+    data never flushed may not be what was written (libostree keeps its own staging
+    directories by the same rule)."""
+    adopted = 0
+    for directory in os.listdir(staging):
+        if len(directory) != 2 or not _HEX_DIGITS.issuperset(directory):
+            continue
+        for name in os.listdir(f"{staging}/{directory}"):
+            src = f"{staging}/{directory}/{name}"
+            st = os.lstat(src)
+            if not (_STAGED_NAME.fullmatch(name) and stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o644):
+                continue
+            os.makedirs(f"{repo_path}/objects/{directory}", 0o755, exist_ok=True)
+            os.rename(src, f"{repo_path}/objects/{directory}/{name}")
+            adopted += 1
+    return adopted
 
 
 def write_new_file(dir_fd: int, directory: str, name: str, data: bytes) -> None:

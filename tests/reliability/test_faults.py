@@ -302,6 +302,7 @@ POINTS = [
     # … or at an exact call: placing objects, after the commits landed, between refs, publishing
     Point("receiver-killed-at-first-object-link", "strace", syscall="linkat", nth_link=0.0),
     Point("receiver-killed-mid-object-links", "strace", syscall="linkat", nth_link=0.5),
+    Point("receiver-killed-moving-new-directories-in", "strace", syscall="renameat", call_match=r"^[0-9a-f]{2}$#2"),
     Point("receiver-killed-syncing-objects", "strace", syscall="syncfs", call_match=r"^$"),
     Point("receiver-killed-before-unmarking-partial", "strace", syscall="unlinkat", call_match=r"\.commitpartial$"),
     Point("receiver-killed-merging-signatures", "strace", syscall="renameat", call_match=r"\.commitmeta$"),

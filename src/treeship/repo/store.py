@@ -136,12 +136,13 @@ class _Store(_Core):
         the receiver's: a commit it receives stays marked partial until its closure is checked)."""
         return bool(checksum) and self.has_object(checksum, OSTree.ObjectType.COMMIT)
 
-    def check_closure(self, commit: str) -> str | None:
+    def check_closure(self, commit: str, placed: set[str] | frozenset[str] = frozenset()) -> str | None:
         """None when every object the commit's tree needs is here, else what is missing.
 
         Parents are not part of the closure (OSTree keeps partial history). What the commit
         shares with a complete parent is not walked (see _tree_objects): an incremental push
-        checks what changed, not the whole tree.
+        checks what changed, not the whole tree. ``placed``: content and dirmeta checksums
+        the caller has itself just placed here, not looked up again (a first push: thousands).
         """
         suffix = {int(OSTree.ObjectType.FILE): "filez" if self.mode == "archive" else "file",
                   int(OSTree.ObjectType.DIR_META): "dirmeta"}
@@ -149,7 +150,7 @@ class _Store(_Core):
         seen: set[str] = set()
         try:
             for csum, objtype in self._tree_objects(commit, skip_complete_parent=True):
-                if objtype in suffix and csum not in seen:
+                if objtype in suffix and csum not in seen and csum not in placed:
                     if not os.path.exists(f"{objects_dir}/{layout.object_relpath(csum, suffix[objtype])}"):
                         kind = "content object" if objtype == int(OSTree.ObjectType.FILE) else "dirmeta"
                         return f"{kind} {csum} is missing"

@@ -9,6 +9,7 @@ or new value). Whatever arrived is kept, so a retry sends only what is still mis
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -46,6 +47,7 @@ MAX_IN_FLIGHT = 16 << 20  # bytes of received objects queued for verification in
 INLINE_BELOW = 256 << 10  # objects smaller than this are checked by the reading thread itself (_Verifier)
 LOCK_NAME = ".treeship-receive.lock"
 TMP_PREFIX = "treeship-receive-"
+_BOOT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass
@@ -216,6 +218,8 @@ class Receiver:
         if mode != "archive":
             raise TransferError(f"{self.repo_path}: a receiving repository must be in archive mode, "
                                 f"not {mode} (it is what clients pull over HTTP)")
+        # Objects a receiver killed mid-push had staged: in objects/ before anyone asks what is here.
+        _SessionDir(Path(self.repo_path, "tmp")).sweep(adopt_into=self.repo_path)
         self.heads = None if layout.remote_refs_present(self.repo_path) else layout.heads(self.repo_path)
         refs = self.heads if self.heads is not None else self.repo.refs()
         # Nothing here (no parent repository either): the pusher sends everything without asking.
@@ -237,7 +241,7 @@ class Receiver:
                 self._repair_summary()
             return
         with _SessionDir(Path(self.repo_path, "tmp")) as tmp:
-            commits, metas = self._receive_objects(tmp)
+            commits, metas, placed = self._receive_objects(tmp)
             repo = self.repo
             trace.mark("receiver: objects received")
             for csum, data in metas.items():
@@ -261,7 +265,7 @@ class Receiver:
             flushed = repo.sync_in_background()
             try:
                 for csum in commits:
-                    self.closure[csum] = repo.check_closure(csum)
+                    self.closure[csum] = repo.check_closure(csum, placed)
             except BaseException:
                 flushed.exception()  # waited for; the closure check's error is the one raised
                 raise
@@ -340,8 +344,9 @@ class Receiver:
         elif not self.policy.may_force(self.key_id, u.ref):
             u.reject("non-fast-forward: --force is not allowed on this branch for this key")
 
-    def _receive_objects(self, tmp: Path) -> tuple[dict[str, bytes | Path], dict[str, bytes]]:
-        """Read objects until FINISH; verify and place each in a worker while reading goes on."""
+    def _receive_objects(self, tmp: Path) -> tuple[dict[str, bytes | Path], dict[str, bytes], set[str]]:
+        """Read objects until FINISH; verify and place each in a worker while reading goes on.
+        Returns the commits and signatures received, and the checksums of the objects placed."""
         commits: dict[str, bytes | Path] = {}
         metas: dict[str, bytes] = {}
         pending: deque[tuple[Future[None], int]] = deque()
@@ -357,7 +362,9 @@ class Receiver:
                         if store is None:
                             from ..objects import ObjectStore
 
-                            store = ObjectStore(self.repo_path)  # no libostree: content goes on while it loads
+                            # No libostree: content goes on while it loads. New objects/XX
+                            # directories are filled aside and moved in whole (ObjectStore).
+                            store = ObjectStore(self.repo_path, staging=f"{tmp}/objects")
                             self._start_loading()  # (started already where a QUERY came first)
                         counter += 1
                         csum, objtype, data = self._read_object(frame, tmp, counter)
@@ -385,7 +392,8 @@ class Receiver:
                             if signature_bytes > MAX_SIGNATURES:
                                 raise TransferError(f"the signatures of this push exceed {MAX_SIGNATURES} bytes")
                         elif name != "file":  # dirtree, dirmeta: small, validated by libostree
-                            self.repo.install_object(data, csum, objtype, self.policy.max_object_size)
+                            self.repo.verify_object(data, csum, objtype, self.policy.max_object_size)
+                            store.place(data, csum, name)
                         elif isinstance(data, bytes) and len(data) < INLINE_BELOW:
                             store.install_content(data, csum, self.policy.max_object_size)
                         else:
@@ -428,8 +436,14 @@ class Receiver:
                         fut.result()
                     except Exception:  # noqa: BLE001, S110 - the first error is the one raised
                         pass
+                if store is not None:
+                    with contextlib.suppress(TreeshipError):  # the first error is the one raised
+                        store.unstage()
                 raise
-        return commits, metas
+        if store is None:
+            return commits, metas, set()
+        store.unstage()  # before any commit is placed: what it points at first
+        return commits, metas, store.placed
 
     def _answer_query(self, frame: wire.Frame) -> None:
         trace.mark("receiver: query")
@@ -675,8 +689,21 @@ class Receiver:
         repo.publish_summary(work, sign if s.gpg_sign or s.ed25519_secret else None)
 
 
+def _boot_id() -> str:
+    """This boot's id (Linux), or "" where it cannot be read."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        return ""
+    return boot if _BOOT_ID.fullmatch(boot) else ""
+
+
 class _SessionDir:
-    """A private directory under the repo's tmp/, locked while in use; stale ones are swept."""
+    """A private directory under the repo's tmp/, locked while in use; stale ones are swept.
+
+    Its name carries the boot id, so that the objects a receiver killed in this boot left
+    staged (see objects.ObjectStore) can be adopted by the next session's sweep."""
 
     def __init__(self, tmp_root: Path) -> None:
         self.root = tmp_root
@@ -688,7 +715,7 @@ class _SessionDir:
         # sweep must never see (and remove) this directory before its lock is held.
         import tempfile
 
-        fresh = Path(tempfile.mkdtemp(prefix=f".{TMP_PREFIX}", dir=self.root))
+        fresh = Path(tempfile.mkdtemp(prefix=f".{TMP_PREFIX}{_boot_id() or 'unknown'}-", dir=self.root))
         self._lock = open(fresh / ".lock", "w")  # noqa: SIM115 - held for the session
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         self.path = self.root / fresh.name[1:]
@@ -699,14 +726,29 @@ class _SessionDir:
         shutil.rmtree(self.path, ignore_errors=True)
         self._lock.close()
 
-    def sweep(self) -> None:
-        for d in self.root.glob(f"{TMP_PREFIX}*"):
+    def sweep(self, adopt_into: str | None = None) -> int:
+        """Remove the directories of sessions that are over; with ``adopt_into`` (the repository),
+        first move into it the objects a receiver killed in this boot had staged whole (a retry
+        then need not send them again). Returns how many objects were adopted."""
+        try:
+            names = [n for n in os.listdir(self.root) if n.startswith(TMP_PREFIX)]
+        except OSError:  # no tmp/ yet
+            return 0
+        adopted = 0
+        boot = _boot_id() if names and adopt_into else ""
+        for name in names:
+            d = self.root / name
             try:
                 with open(d / ".lock", "a") as f:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    if adopt_into and boot and name.startswith(f"{TMP_PREFIX}{boot}-") and (d / "objects").is_dir():
+                        from ..objects import adopt_staged
+
+                        adopted += adopt_staged(adopt_into, d / "objects")
                     shutil.rmtree(d, ignore_errors=True)
             except OSError:
-                continue  # in use by a live session
+                continue  # in use by a live session (or, adopting, a file system error: swept next time)
+        return adopted
 
 
 class _Verifier:
