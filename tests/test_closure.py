@@ -67,8 +67,10 @@ def test_a_missing_object_where_the_commits_differ_is_found(history, name):
     csum = _entry(repo, second, f"/{name}")
     _object(repo, csum, "filez").unlink()
     assert Repo.open(repo).check_closure(second) == f"content object {csum} is missing"
-    # what the caller says it placed itself is not looked up (the receiver's own objects)
-    assert Repo.open(repo).check_closure(second, placed={csum}) is None
+    # what the caller says it placed itself is not looked up (the receiver's own objects)...
+    assert Repo.open(repo).check_closure(second, placed={f"{csum[:2]}/{csum[2:]}.filez"}) is None
+    # ... as that object: the same checksum as another type vouches for nothing
+    assert Repo.open(repo).check_closure(second, placed={f"{csum[:2]}/{csum[2:]}.dirmeta"}) is not None
 
 
 def test_a_missing_dirtree_where_the_commits_differ_is_found(history):
@@ -107,3 +109,43 @@ def test_a_complete_parent_s_shared_subtrees_are_not_walked_again(history):
     tree = _entry(repo, second, "/same/deep")
     _object(repo, tree, "dirtree").unlink()
     assert Repo.open(repo).check_closure(second) is None
+
+
+def test_a_content_object_does_not_stand_in_for_a_dirmeta_of_its_checksum(tmp_path):
+    """A hostile tree names an existing content object's checksum as a directory's dirmeta:
+    the dirmeta is looked for as a dirmeta, not taken as seen because the file was."""
+    import hashlib
+
+    from gi.repository import GLib
+
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "f").write_bytes(b"a file")
+    (tree / "sub" / "g").write_bytes(b"another")
+    repo = tmp_path / "repo"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    honest = ostree("commit", f"--repo={repo}", "--branch=main", str(tree)).stdout.strip()
+    listing = _ls(repo, honest, "/")
+    content, subtree = listing["/f"], listing["/sub"]
+    commit_t = GLib.VariantType.new("(a{sv}aya(say)sstayay)")
+    v = GLib.Variant.new_from_bytes(commit_t, GLib.Bytes.new(_object(repo, honest, "commit").read_bytes()), False)
+    root_meta = bytes(v.get_child_value(7).get_data_as_bytes().get_data())
+
+    def store(variant: GLib.Variant, suffix: str) -> str:
+        data = bytes(variant.get_data_as_bytes().get_data())
+        csum = hashlib.sha256(data).hexdigest()
+        path = _object(repo, csum, suffix)
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        return csum
+
+    evil_root = store(GLib.Variant("(a(say)a(sayay))", (
+        [("f", list(bytes.fromhex(content)))],
+        [("sub", list(bytes.fromhex(subtree)), list(bytes.fromhex(content)))])), "dirtree")
+    evil = store(GLib.Variant("(a{sv}aya(say)sstayay)", (
+        {}, [], [], "evil", "", 0, list(bytes.fromhex(evil_root)), list(root_meta))), "commit")
+
+    assert not _object(repo, content, "dirmeta").exists()
+    assert Repo.open(repo).check_closure(evil) == f"dirmeta {content} is missing"
+    placed = {f"{content[:2]}/{content[2:]}.filez"}
+    assert Repo.open(repo).check_closure(evil, placed=placed) == f"dirmeta {content} is missing"

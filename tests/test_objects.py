@@ -238,7 +238,10 @@ def test_a_staged_object_not_written_whole_is_removed(tmp_path: Path, monkeypatc
     real_write = os.write
     written: list[int] = []
 
+    modes: list[int] = []
+
     def short_then_full(fd: int, data: memoryview) -> int:  # the disk fills after one byte
+        modes.append(os.fstat(fd).st_mode & 0o777)
         if written:
             raise OSError(errno.ENOSPC, "No space left on device")
         written.append(real_write(fd, data[:1]))
@@ -248,6 +251,45 @@ def test_a_staged_object_not_written_whole_is_removed(tmp_path: Path, monkeypatc
     with pytest.raises(StorageError, match="no space left on device"):
         store.place(b"second, larger", _name("aa", 2), "filez")
     monkeypatch.undo()
+    assert modes == [0o600, 0o600]  # not 0644 until written whole: what adopt_staged goes by
     store.unstage()
     assert [p.name for p in (repo / "objects" / "aa").iterdir()] == [f"{_name('aa', 1)[2:]}.filez"]
     store.close()
+
+
+@pytest.mark.parametrize("defect", ["none", "altered", "cut short (0600)", "second hard link", "symlink",
+                                    "directory is a symlink", "dirtree"])
+def test_adoption_takes_only_our_whole_content_objects(archive_objects, tmp_path: Path, defect: str):
+    """What a killed receiver staged: each object is hashed again, and only regular files of
+    this user, 0644, linked nowhere else, in real directories, are moved in; metadata is not."""
+    obj = max(archive_objects, key=lambda p: p.stat().st_size)
+    name = obj.name
+    if defect == "dirtree":
+        obj = next(obj.parent.parent.glob("*/*.dirtree"))
+        name = obj.name
+    repo = tmp_path / "dest"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    staging, elsewhere = tmp_path / "stage", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    directory = staging / obj.parent.name
+    if defect == "directory is a symlink":
+        staging.mkdir()
+        directory.symlink_to(elsewhere, target_is_directory=True)
+    else:
+        directory.mkdir(parents=True)
+    staged = directory / name
+    if defect == "symlink":
+        staged.symlink_to(obj)
+    else:
+        staged.write_bytes(obj.read_bytes()[:-1] + b"!" if defect == "altered" else obj.read_bytes())
+        staged.chmod(0o600 if defect == "cut short (0600)" else 0o644)
+    if defect == "second hard link":
+        os.link(staged, elsewhere / "another-name")
+
+    adopted = objects.adopt_staged(repo, staging)
+
+    landed = [p for p in (repo / "objects").rglob("*") if p.is_file()]
+    if defect == "none":
+        assert adopted == 1 and [p.relative_to(repo / "objects") for p in landed] == [Path(obj.parent.name, name)]
+    else:
+        assert adopted == 0 and landed == []

@@ -236,12 +236,14 @@ def test_interrupted_push_keeps_what_arrived_and_resumes(treeship, server, tmp_p
 def test_what_a_killed_receiver_staged_whole_is_adopted_by_the_next_push(treeship, tmp_path):
     """A receiver fills new objects/XX directories aside (objects.ObjectStore) and moves them in
     at the end; one killed before that leaves them in its session directory. The next session
-    of the same boot moves in those written whole (0644), and nothing else."""
+    of the same boot moves in the content objects written whole (0644) that hash to their
+    names, and nothing else."""
     local, srv = tmp_path / "local", tmp_path / "srv"
     release(treeship, write_tree(tmp_path / "tree"), local)
     ostree("init", "--repo", srv, "--mode=archive")
     files = sorted((local / "objects").glob("*/*.filez"), key=lambda p: p.stat().st_size)
-    whole, cut, other_boot = files[-1], files[-2], files[-3]
+    whole, cut, other_boot, corrupt = files[-1], files[-2], files[-3], files[-4]
+    dirtree = next((local / "objects").glob("*/*.dirtree"))
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
     def stage(session: str, obj: Path, mode: int) -> Path:
@@ -255,6 +257,9 @@ def test_what_a_killed_receiver_staged_whole_is_adopted_by_the_next_push(treeshi
     stage(f"treeship-receive-{boot}-killed", whole, 0o644)
     stage(f"treeship-receive-{boot}-killed", cut, 0o600)  # being written when the receiver died
     (stage(f"treeship-receive-{boot}-killed", whole, 0o644).parent / ("0" * 62 + ".junk")).write_bytes(b"x")
+    altered = stage(f"treeship-receive-{boot}-killed", corrupt, 0o644)  # whole, yet not what its name says
+    altered.write_bytes(altered.read_bytes()[:-1] + b"!")
+    stage(f"treeship-receive-{boot}-killed", dirtree, 0o644)  # metadata: libostree's to judge, so sent again
     stage("treeship-receive-00000000-0000-0000-0000-000000000000-before-a-reboot", other_boot, 0o644)
     control = push(treeship, local, str(tmp_path / "control"), BRANCH).json()
 

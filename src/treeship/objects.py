@@ -65,9 +65,10 @@ class ObjectStore:
         self._staging_fd: int | None = None
         self._dirs: set[str] = set()  # objects/XX directories known to exist
         self._staged: set[str] = set()  # staging/XX directories made, not yet moved into objects/
+        self._tainted: set[str] = set()  # staged directories where a write failed: moved file by file
         self._listed: set[str] | None = None  # objects/XX present when staging began
         self._lock = threading.Lock()
-        self.placed: set[str] = set()  # checksums placed through this store (a closure check need not stat them)
+        self.placed: set[str] = set()  # XX/REST.SUFFIX of what was placed (a closure check need not stat them)
 
     def close(self) -> None:
         for fd in (self._fd, self._staging_fd):
@@ -79,13 +80,21 @@ class ObjectStore:
         self.close()
 
     def _open(self) -> None:
+        """The directory descriptors, all or none (a failure leaves the store as it was)."""
         with self._lock:
-            if self._fd is None:
-                self._fd = os.open(self.path / "objects", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            if self._fd is not None:
+                return
+            fd = os.open(self.path / "objects", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
                 if self.staging is not None:
-                    self._listed = set(os.listdir(self.path / "objects"))
+                    listed = set(os.listdir(self.path / "objects"))
                     os.makedirs(self.staging, exist_ok=True)
                     self._staging_fd = os.open(self.staging, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                    self._listed = listed
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
 
     def place(self, src: bytes | Path, checksum: str, suffix: str) -> None:
         """Make a verified object visible as objects/XX/REST.SUFFIX, as received (no recompression).
@@ -94,26 +103,29 @@ class ObjectStore:
         place, or a temp file renamed; an interrupted write leaves nothing readable (a staged
         one is readable nowhere until :meth:`unstage`). This is on a push's hot path
         (thousands of files): directory descriptors, plain strings, and the existing
-        objects/XX directories looked up once.
+        objects/XX directories looked up once. ``placed`` records it by its path under
+        objects/, type and all.
         """
-        directory, _, name = object_relpath(checksum, suffix).partition("/")
+        relpath = object_relpath(checksum, suffix)
+        directory, _, name = relpath.partition("/")
+        staged = False
         try:
             if self._fd is None:
                 self._open()
             if directory not in self._dirs:
                 self._make_dir(directory)
             staged = directory in self._staged
-            dir_fd = self._staging_fd if staged else self._fd
-            assert dir_fd is not None  # both are open once _open has run
             if isinstance(src, Path):
                 os.chmod(src, 0o644)
-                os.replace(src, f"{directory}/{name}", dst_dir_fd=dir_fd)
+                os.replace(src, relpath, dst_dir_fd=self._staging_fd if staged else self._fd)
             elif staged:
-                write_staged_file(dir_fd, f"{directory}/{name}", src)
+                write_staged_file(self._staging_fd, relpath, src)
             else:
-                write_new_file(dir_fd, directory, name, src)
-            self.placed.add(checksum)
+                write_new_file(self._fd, directory, name, src)
+            self.placed.add(relpath)
         except OSError as e:
+            if staged:  # a file cut short may be left there (if removing it failed too)
+                self._tainted.add(directory)
             if e.errno == errno.ENOSPC:
                 raise StorageError(f"{self.path}: no space left on device") from None
             raise StorageError(f"{self.path}: storing {name}: {e.strerror}") from None
@@ -132,21 +144,28 @@ class ObjectStore:
             self._dirs.add(directory)
 
     def unstage(self) -> None:
-        """Move the staged directories into objects/: each with one rename, or (where objects/XX
-        has appeared meanwhile, made by a concurrent push, say) object by object. Call it once
-        no place() is under way; objects placed later go straight to objects/."""
+        """Move the staged directories into objects/: each with one rename, or object by object
+        where objects/XX has appeared meanwhile (made by a concurrent push, say) or where a
+        write failed (only files written whole, 0644, are moved). Call it once no place() is
+        under way; objects placed later go straight to objects/."""
         with self._lock:
             staged, self._staged, self._listed = sorted(self._staged), set(), None
         try:
             for directory in staged:
-                try:
-                    # A rename replaces an empty objects/XX (harmless: nothing is in it) and
-                    # fails on one that holds something.
-                    os.rename(directory, directory, src_dir_fd=self._staging_fd, dst_dir_fd=self._fd)
-                except OSError as e:
-                    if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                        raise
-                    for name in os.listdir(f"{self.staging}/{directory}"):
+                if directory not in self._tainted:
+                    try:
+                        # A rename replaces an empty objects/XX (harmless: nothing is in it) and
+                        # fails on one that holds something.
+                        os.rename(directory, directory, src_dir_fd=self._staging_fd, dst_dir_fd=self._fd)
+                        continue
+                    except OSError as e:
+                        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                            raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(directory, 0o755, dir_fd=self._fd)
+                for name in os.listdir(f"{self.staging}/{directory}"):
+                    st = os.stat(f"{directory}/{name}", dir_fd=self._staging_fd, follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o644:
                         os.rename(f"{directory}/{name}", f"{directory}/{name}",
                                   src_dir_fd=self._staging_fd, dst_dir_fd=self._fd)
         except OSError as e:
@@ -189,9 +208,10 @@ def collect(chunks: Iterable[bytes], limit: int, spill: str | Path, what: str) -
     return b"".join(held) if len(held) != 1 else held[0]
 
 
-def verify_content(src: bytes | Path, checksum: str, max_size: int | None = None) -> None:
-    """Raise TransferError unless ``src`` (archive form) is the content object ``checksum``."""
-    got = content_checksum(src, checksum, max_size)
+def verify_content(src: bytes | Path, checksum: str, max_size: int | None = None, plain_only: bool = False) -> None:
+    """Raise TransferError unless ``src`` (archive form) is the content object ``checksum``
+    (``plain_only``: and a regular file without extended attributes, judged without libostree)."""
+    got = content_checksum(src, checksum, max_size, plain_only)
     if got != checksum:
         raise TransferError(f"object {checksum}.file: checksum mismatch (content hashes to {got})")
 
@@ -209,7 +229,7 @@ def _gvariant_offset_size(total: int) -> int:
     return 8 if total > 0xFFFFFFFF else 4 if total > 0xFFFF else 2 if total > 0xFF else 1 if total else 0
 
 
-def content_checksum(src: bytes | Path, checksum: str, max_size: int | None) -> str:
+def content_checksum(src: bytes | Path, checksum: str, max_size: int | None, plain_only: bool = False) -> str:
     """The content checksum of an object in archive form (``.filez``), its expansion bounded.
 
     The format (libostree's ostree-core-private.h): a u32 BE header length, 4 bytes of
@@ -238,6 +258,8 @@ def content_checksum(src: bytes | Path, checksum: str, max_size: int | None) -> 
             raise TransferError(f"{bad}: truncated header")
         size, _uid, _gid, mode, rdev = struct.unpack_from(">QIIII", hb)
         if not _plain_regular_header(hb, mode):
+            if plain_only:
+                raise TransferError(f"{bad}: not a plain regular file")
             from .repo import check_archive_header  # libostree: only for symlinks and xattrs
 
             check_archive_header(hb, bad)
@@ -388,25 +410,37 @@ def write_staged_file(dir_fd: int, path: str, data: bytes) -> None:
         os.close(fd)
 
 
-_STAGED_NAME = re.compile(r"[0-9a-f]{62}\.(?:filez|dirtree|dirmeta)")
+_STAGED_NAME = re.compile(r"[0-9a-f]{62}\.filez")
 
 
-def adopt_staged(repo_path: str | os.PathLike[str], staging: str | os.PathLike[str]) -> int:
-    """Move into objects/ what a receiver that was killed had staged whole, and say how many.
+def adopt_staged(repo_path: str | os.PathLike[str], staging: str | os.PathLike[str],
+                 max_size: int | None = None) -> int:
+    """Move into objects/ the content objects a receiver that was killed had staged whole,
+    checked again, and say how many.
 
-    Every staged object was verified before it was written, and a file is 0644 only once
-    written whole (write_staged_file); anything else is left to be deleted with the
-    directory. The caller adopts only what a receiver of the same boot left: after a crash,
-    data never flushed may not be what was written (libostree keeps its own staging
-    directories by the same rule)."""
+    A staged file is 0644 only once written whole (write_staged_file), and each was verified
+    before it was written; still, a file's mode is no checksum, so each is hashed again
+    here (this runs only after a receiver was killed). Only plain content objects that are
+    ours — regular, not linked elsewhere, 0644, this user's — in real directories are taken;
+    dirtrees, dirmetas and objects with symlink or xattr headers (libostree's to judge) are
+    left to be sent again, and everything left is deleted with the directory. The caller
+    adopts only what a receiver of the same boot left: after a crash, data never flushed may
+    not be what was written (libostree keeps its own staging directories by the same rule)."""
     adopted = 0
+    uid = os.geteuid()
     for directory in os.listdir(staging):
-        if len(directory) != 2 or not _HEX_DIGITS.issuperset(directory):
+        path = f"{staging}/{directory}"
+        if len(directory) != 2 or not _HEX_DIGITS.issuperset(directory) or not stat.S_ISDIR(os.lstat(path).st_mode):
             continue
-        for name in os.listdir(f"{staging}/{directory}"):
-            src = f"{staging}/{directory}/{name}"
+        for name in os.listdir(path):
+            src = f"{path}/{name}"
             st = os.lstat(src)
-            if not (_STAGED_NAME.fullmatch(name) and stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o644):
+            if not (_STAGED_NAME.fullmatch(name) and stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o644
+                    and st.st_uid == uid and st.st_nlink == 1):
+                continue
+            try:
+                verify_content(Path(src), directory + name[:62], max_size, plain_only=True)
+            except TransferError:
                 continue
             os.makedirs(f"{repo_path}/objects/{directory}", 0o755, exist_ok=True)
             os.rename(src, f"{repo_path}/objects/{directory}/{name}")

@@ -141,20 +141,24 @@ class _Store(_Core):
 
         Parents are not part of the closure (OSTree keeps partial history). What the commit
         shares with a complete parent is not walked (see _tree_objects): an incremental push
-        checks what changed, not the whole tree. ``placed``: content and dirmeta checksums
-        the caller has itself just placed here, not looked up again (a first push: thousands).
+        checks what changed, not the whole tree. ``placed``: objects the caller has itself just
+        placed here, as ``XX/REST.SUFFIX`` (type and all: a dirtree is no dirmeta), not looked
+        up again (a first push: thousands).
         """
         suffix = {int(OSTree.ObjectType.FILE): "filez" if self.mode == "archive" else "file",
                   int(OSTree.ObjectType.DIR_META): "dirmeta"}
         objects_dir = str(self.path / "objects")
-        seen: set[str] = set()
+        seen: set[str] = set()  # by path, type and all: a content object is no dirmeta of the same checksum
         try:
             for csum, objtype in self._tree_objects(commit, skip_complete_parent=True):
-                if objtype in suffix and csum not in seen and csum not in placed:
-                    if not os.path.exists(f"{objects_dir}/{layout.object_relpath(csum, suffix[objtype])}"):
+                if objtype in suffix:
+                    relpath = layout.object_relpath(csum, suffix[objtype])
+                    if relpath in seen:
+                        continue
+                    if relpath not in placed and not os.path.exists(f"{objects_dir}/{relpath}"):
                         kind = "content object" if objtype == int(OSTree.ObjectType.FILE) else "dirmeta"
                         return f"{kind} {csum} is missing"
-                    seen.add(csum)
+                    seen.add(relpath)
         except RepoError as e:
             return e.message
         except _MissingTree as e:

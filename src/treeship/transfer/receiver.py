@@ -15,6 +15,7 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 from collections import deque
@@ -219,7 +220,7 @@ class Receiver:
             raise TransferError(f"{self.repo_path}: a receiving repository must be in archive mode, "
                                 f"not {mode} (it is what clients pull over HTTP)")
         # Objects a receiver killed mid-push had staged: in objects/ before anyone asks what is here.
-        _SessionDir(Path(self.repo_path, "tmp")).sweep(adopt_into=self.repo_path)
+        _SessionDir(Path(self.repo_path, "tmp"), self.policy.max_object_size).sweep(adopt_into=self.repo_path)
         self.heads = None if layout.remote_refs_present(self.repo_path) else layout.heads(self.repo_path)
         refs = self.heads if self.heads is not None else self.repo.refs()
         # Nothing here (no parent repository either): the pusher sends everything without asking.
@@ -689,6 +690,14 @@ class Receiver:
         repo.publish_summary(work, sign if s.gpg_sign or s.ed25519_secret else None)
 
 
+def _real_dir(path: Path) -> bool:
+    """A directory, not a symlink to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _boot_id() -> str:
     """This boot's id (Linux), or "" where it cannot be read."""
     try:
@@ -705,8 +714,9 @@ class _SessionDir:
     Its name carries the boot id, so that the objects a receiver killed in this boot left
     staged (see objects.ObjectStore) can be adopted by the next session's sweep."""
 
-    def __init__(self, tmp_root: Path) -> None:
+    def __init__(self, tmp_root: Path, max_size: int | None = None) -> None:
         self.root = tmp_root
+        self.max_size = max_size  # the policy's, for objects adopted by sweep()
 
     def __enter__(self) -> Path:
         self.root.mkdir(exist_ok=True)
@@ -741,10 +751,11 @@ class _SessionDir:
             try:
                 with open(d / ".lock", "a") as f:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    if adopt_into and boot and name.startswith(f"{TMP_PREFIX}{boot}-") and (d / "objects").is_dir():
+                    if adopt_into and boot and name.startswith(f"{TMP_PREFIX}{boot}-") and _real_dir(d / "objects") \
+                            and _real_dir(d):
                         from ..objects import adopt_staged
 
-                        adopted += adopt_staged(adopt_into, d / "objects")
+                        adopted += adopt_staged(adopt_into, d / "objects", self.max_size)
                     shutil.rmtree(d, ignore_errors=True)
             except OSError:
                 continue  # in use by a live session (or, adopting, a file system error: swept next time)
