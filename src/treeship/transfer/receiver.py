@@ -347,7 +347,7 @@ class Receiver:
 
     def _receive_objects(self, tmp: Path) -> tuple[dict[str, bytes | Path], dict[str, bytes], set[str]]:
         """Read objects until FINISH; verify and place each in a worker while reading goes on.
-        Returns the commits and signatures received, and the checksums of the objects placed."""
+        Returns the commits and signatures received, and the objects placed (``XX/REST.SUFFIX``)."""
         commits: dict[str, bytes | Path] = {}
         metas: dict[str, bytes] = {}
         pending: deque[tuple[Future[None], int]] = deque()
@@ -736,15 +736,14 @@ class _SessionDir:
         shutil.rmtree(self.path, ignore_errors=True)
         self._lock.close()
 
-    def sweep(self, adopt_into: str | None = None) -> int:
+    def sweep(self, adopt_into: str | None = None) -> None:
         """Remove the directories of sessions that are over; with ``adopt_into`` (the repository),
         first move into it the objects a receiver killed in this boot had staged whole (a retry
-        then need not send them again). Returns how many objects were adopted."""
+        then need not send them again)."""
         try:
             names = [n for n in os.listdir(self.root) if n.startswith(TMP_PREFIX)]
         except OSError:  # no tmp/ yet
-            return 0
-        adopted = 0
+            return
         boot = _boot_id() if names and adopt_into else ""
         for name in names:
             d = self.root / name
@@ -755,11 +754,10 @@ class _SessionDir:
                             and _real_dir(d):
                         from ..objects import adopt_staged
 
-                        adopted += adopt_staged(adopt_into, d / "objects", self.max_size)
+                        adopt_staged(adopt_into, d / "objects", self.max_size)
                     shutil.rmtree(d, ignore_errors=True)
             except OSError:
                 continue  # in use by a live session (or, adopting, a file system error: swept next time)
-        return adopted
 
 
 class _Verifier:
