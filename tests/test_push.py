@@ -258,7 +258,9 @@ def test_what_a_killed_receiver_staged_whole_is_adopted_by_the_next_push(treeshi
     stage(f"treeship-receive-{boot}-killed", cut, 0o600)  # being written when the receiver died
     (stage(f"treeship-receive-{boot}-killed", whole, 0o644).parent / ("0" * 62 + ".junk")).write_bytes(b"x")
     altered = stage(f"treeship-receive-{boot}-killed", corrupt, 0o644)  # whole, yet not what its name says
-    altered.write_bytes(altered.read_bytes()[:-1] + b"!")
+    data = bytearray(altered.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the deflate stream (the last byte's spare bits may not count)
+    altered.write_bytes(bytes(data))
     stage(f"treeship-receive-{boot}-killed", dirtree, 0o644)  # metadata: libostree's to judge, so sent again
     stage("treeship-receive-00000000-0000-0000-0000-000000000000-before-a-reboot", other_boot, 0o644)
     control = push(treeship, local, str(tmp_path / "control"), BRANCH).json()
