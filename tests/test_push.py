@@ -272,6 +272,34 @@ def test_what_a_killed_receiver_staged_whole_is_adopted_by_the_next_push(treeshi
     no_session_leftovers(srv)
 
 
+def test_the_session_sweep_follows_no_symlink_out_of_the_repository(treeship, tmp_path):
+    """Whatever sits in tmp/ under a session's name, the sweep writes and removes nothing
+    outside the repository: a symlinked session directory is dropped as a link, a session
+    whose lock is a symlink is left alone."""
+    local, srv, outside = tmp_path / "local", tmp_path / "srv", tmp_path / "outside"
+    commit = release(treeship, write_tree(tmp_path / "tree"), local)
+    ostree("init", "--repo", srv, "--mode=archive")
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    obj = next((local / "objects").glob("*/*.filez"))
+    (outside / "objects" / obj.parent.name).mkdir(parents=True)
+    (outside / "objects" / obj.parent.name / obj.name).write_bytes(obj.read_bytes())
+    (outside / "target").write_text("not the receiver's")
+    before = {str(p): p.read_bytes() if p.is_file() else None for p in outside.rglob("*")}
+    (srv / "tmp").mkdir(exist_ok=True)
+    (srv / "tmp" / f"treeship-receive-{boot}-linked").symlink_to(outside, target_is_directory=True)
+    locked = srv / "tmp" / f"treeship-receive-{boot}-lock-linked"
+    locked.mkdir()
+    (locked / ".lock").symlink_to(outside / "target")
+
+    out = push(treeship, local, str(srv), BRANCH).json()
+
+    assert out["ok"] and refs(srv) == {BRANCH: commit}
+    assert {str(p): p.read_bytes() if p.is_file() else None for p in outside.rglob("*")} == before
+    assert not os.path.lexists(srv / "tmp" / f"treeship-receive-{boot}-linked")
+    assert (locked / ".lock").is_symlink()
+    fsck(srv)
+
+
 # -- 5. rejections ---------------------------------------------------------------------------
 
 

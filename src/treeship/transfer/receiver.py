@@ -748,10 +748,13 @@ class _SessionDir:
         for name in names:
             d = self.root / name
             try:
-                with open(d / ".lock", "a") as f:
+                if not _real_dir(d):  # not a session's: a symlink would lead out of the repository
+                    os.unlink(d)
+                    continue
+                fd = os.open(d / ".lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                with open(fd, "w") as f:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    if adopt_into and boot and name.startswith(f"{TMP_PREFIX}{boot}-") and _real_dir(d / "objects") \
-                            and _real_dir(d):
+                    if adopt_into and boot and name.startswith(f"{TMP_PREFIX}{boot}-") and _real_dir(d / "objects"):
                         from ..objects import adopt_staged
 
                         adopt_staged(adopt_into, d / "objects", self.max_size)
