@@ -230,14 +230,17 @@ def test_staged_objects_are_readable_only_once_unstaged(tmp_path: Path):
     store.close()
 
 
-def test_a_staged_object_not_written_whole_is_removed(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("unlink_fails", [False, True])
+def test_a_staged_object_not_written_whole_is_removed(tmp_path: Path, monkeypatch, unlink_fails: bool):
+    """The disk fills in the middle of a staged object: the file is removed; should that fail
+    too, its directory is moved in file by file, and the file cut short (0600) stays out."""
     repo = tmp_path / "repo"
     ostree("init", f"--repo={repo}", "--mode=archive")
-    store = objects.ObjectStore(repo, staging=str(tmp_path / "stage"))
+    stage = tmp_path / "stage"
+    store = objects.ObjectStore(repo, staging=str(stage))
     store.place(b"first", _name("aa", 1), "filez")
     real_write = os.write
     written: list[int] = []
-
     modes: list[int] = []
 
     def short_then_full(fd: int, data: memoryview) -> int:  # the disk fills after one byte
@@ -247,13 +250,21 @@ def test_a_staged_object_not_written_whole_is_removed(tmp_path: Path, monkeypatc
         written.append(real_write(fd, data[:1]))
         return written[-1]
 
+    def unlink_refused(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
     monkeypatch.setattr(os, "write", short_then_full)
+    if unlink_fails:
+        monkeypatch.setattr(os, "unlink", unlink_refused)
     with pytest.raises(StorageError, match="no space left on device"):
         store.place(b"second, larger", _name("aa", 2), "filez")
     monkeypatch.undo()
     assert modes == [0o600, 0o600]  # not 0644 until written whole: what adopt_staged goes by
+    left = {p.name: p.stat().st_mode & 0o777 for p in (stage / "aa").iterdir()}
+    first, second = f"{_name('aa', 1)[2:]}.filez", f"{_name('aa', 2)[2:]}.filez"
+    assert left == ({first: 0o644, second: 0o600} if unlink_fails else {first: 0o644})
     store.unstage()
-    assert [p.name for p in (repo / "objects" / "aa").iterdir()] == [f"{_name('aa', 1)[2:]}.filez"]
+    assert [p.name for p in (repo / "objects" / "aa").iterdir()] == [first]
     store.close()
 
 

@@ -274,8 +274,8 @@ def test_what_a_killed_receiver_staged_whole_is_adopted_by_the_next_push(treeshi
 
 def test_the_session_sweep_follows_no_symlink_out_of_the_repository(treeship, tmp_path):
     """Whatever sits in tmp/ under a session's name, the sweep writes and removes nothing
-    outside the repository: a symlinked session directory is dropped as a link, a session
-    whose lock is a symlink is left alone."""
+    outside the repository and waits for nothing: a symlinked session directory is dropped as
+    a link, a session whose lock is a symlink or a FIFO is left alone."""
     local, srv, outside = tmp_path / "local", tmp_path / "srv", tmp_path / "outside"
     commit = release(treeship, write_tree(tmp_path / "tree"), local)
     ostree("init", "--repo", srv, "--mode=archive")
@@ -290,6 +290,9 @@ def test_the_session_sweep_follows_no_symlink_out_of_the_repository(treeship, tm
     locked = srv / "tmp" / f"treeship-receive-{boot}-lock-linked"
     locked.mkdir()
     (locked / ".lock").symlink_to(outside / "target")
+    fifo = srv / "tmp" / f"treeship-receive-{boot}-fifo"  # opening it for writing would wait for a reader
+    fifo.mkdir()
+    os.mkfifo(fifo / ".lock")
 
     out = push(treeship, local, str(srv), BRANCH).json()
 

@@ -421,31 +421,48 @@ def adopt_staged(repo_path: str | os.PathLike[str], staging: str | os.PathLike[s
     A staged file is 0644 only once written whole (write_staged_file), and each was verified
     before it was written; still, a file's mode is no checksum, so each is hashed again
     here (this runs only after a receiver was killed). Only plain content objects that are
-    ours — regular, not linked elsewhere, 0644, this user's — in real directories are taken;
-    dirtrees, dirmetas and objects with symlink or xattr headers (libostree's to judge) are
-    left to be sent again, and everything left is deleted with the directory. The caller
-    adopts only what a receiver of the same boot left: after a crash, data never flushed may
-    not be what was written (libostree keeps its own staging directories by the same rule)."""
-    adopted = 0
-    uid = os.geteuid()
-    for directory in os.listdir(staging):
-        path = f"{staging}/{directory}"
-        if len(directory) != 2 or not _HEX_DIGITS.issuperset(directory) or not stat.S_ISDIR(os.lstat(path).st_mode):
-            continue
-        for name in os.listdir(path):
-            src = f"{path}/{name}"
-            st = os.lstat(src)
-            if not (_STAGED_NAME.fullmatch(name) and stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o644
-                    and st.st_uid == uid and st.st_nlink == 1):
-                continue
-            try:
-                verify_content(Path(src), directory + name[:62], max_size, plain_only=True)
-            except TransferError:
-                continue
-            os.makedirs(f"{repo_path}/objects/{directory}", 0o755, exist_ok=True)
-            os.rename(src, f"{repo_path}/objects/{directory}/{name}")
-            adopted += 1
-    return adopted
+    ours — regular, not linked elsewhere, 0644, this user's — in real directories are taken,
+    each judged, hashed and linked in through one descriptor (what is checked is what
+    lands); dirtrees, dirmetas and objects with symlink or xattr headers (libostree's to
+    judge) are left to be sent again, and everything left is deleted with the directory. The
+    caller adopts only what a receiver of the same boot left: after a crash, data never
+    flushed may not be what was written (libostree keeps its own staging directories by the
+    same rule)."""
+    objects_fd = os.open(f"{repo_path}/objects", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return sum(_adopt_one(objects_fd, f"{staging}/{directory}", directory, name, max_size)
+                   for directory in os.listdir(staging)
+                   if len(directory) == 2 and _HEX_DIGITS.issuperset(directory)
+                   and stat.S_ISDIR(os.lstat(f"{staging}/{directory}").st_mode)
+                   for name in os.listdir(f"{staging}/{directory}") if _STAGED_NAME.fullmatch(name))
+    finally:
+        os.close(objects_fd)
+
+
+def _adopt_one(objects_fd: int, path: str, directory: str, name: str, max_size: int | None) -> bool:
+    src = f"{path}/{name}"
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o644 and st.st_uid == os.geteuid()
+                and st.st_nlink == 1):
+            return False
+        try:
+            verify_content(Path(f"/proc/self/fd/{fd}"), directory + name[:62], max_size, plain_only=True)
+        except TransferError:
+            return False
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o755, dir_fd=objects_fd)
+        with contextlib.suppress(FileExistsError):  # the same object, there already
+            # dst_dir_fd makes CPython call linkat(AT_SYMLINK_FOLLOW), which follows /proc's link.
+            os.link(f"/proc/self/fd/{fd}", f"{directory}/{name}", dst_dir_fd=objects_fd, follow_symlinks=True)
+        os.unlink(src)
+        return True
+    finally:
+        os.close(fd)
 
 
 def write_new_file(dir_fd: int, directory: str, name: str, data: bytes) -> None:

@@ -167,6 +167,9 @@ class Receiver:
         self._loader = threading.Thread(target=load, name="treeship-load", daemon=True)
         self._loader.start()
 
+    def _session_dir(self) -> _SessionDir:
+        return _SessionDir(Path(self.repo_path, "tmp"), self.policy.max_object_size)
+
     def _present(self, objects: list[tuple[str, int]]) -> list[bool]:
         """Repo.has_object for each, told from the files where the layout is plain (see
         layout.objects_present)."""
@@ -220,7 +223,7 @@ class Receiver:
             raise TransferError(f"{self.repo_path}: a receiving repository must be in archive mode, "
                                 f"not {mode} (it is what clients pull over HTTP)")
         # Objects a receiver killed mid-push had staged: in objects/ before anyone asks what is here.
-        _SessionDir(Path(self.repo_path, "tmp"), self.policy.max_object_size).sweep(adopt_into=self.repo_path)
+        self._session_dir().sweep()
         self.heads = None if layout.remote_refs_present(self.repo_path) else layout.heads(self.repo_path)
         refs = self.heads if self.heads is not None else self.repo.refs()
         # Nothing here (no parent repository either): the pusher sends everything without asking.
@@ -241,7 +244,7 @@ class Receiver:
             if updates and all(u.status == "uptodate" for u in updates):
                 self._repair_summary()
             return
-        with _SessionDir(Path(self.repo_path, "tmp")) as tmp:
+        with self._session_dir() as tmp:
             commits, metas, placed = self._receive_objects(tmp)
             repo = self.repo
             trace.mark("receiver: objects received")
@@ -569,7 +572,7 @@ class Receiver:
                         u.reject("not moved: another ref of this push was rejected")
                 return
             previous = {u.ref: repo.head(u.ref) for u in live}
-            with _SessionDir(repo.path / "tmp") as work:
+            with self._session_dir() as work:
                 for u in live:
                     if u.new:
                         repo.mark_partial(u.new, False)  # its closure is complete: checked above
@@ -587,7 +590,7 @@ class Receiver:
         """A push where every ref was already there: if a receiver died between moving refs and
         publishing, the summary still lists the old ones; publish it now."""
         with self._locked():
-            _SessionDir(Path(self.repo_path, "tmp")).sweep()  # what a receiver killed earlier left
+            self._session_dir().sweep()  # what a receiver killed earlier left
             heads = layout.heads(self.repo_path)
             if heads is not None and layout.summary_lists(self.repo_path, heads):
                 return  # told without loading libostree
@@ -595,7 +598,7 @@ class Receiver:
             listed = repo.summary_refs()
             if listed == {k: v for k, v in repo.refs().items() if ":" not in k}:
                 return
-            with _SessionDir(repo.path / "tmp") as work:
+            with self._session_dir() as work:
                 try:
                     self._publish([], {}, work)
                 except TreeshipError as e:
@@ -709,12 +712,13 @@ def _boot_id() -> str:
 
 
 class _SessionDir:
-    """A private directory under the repo's tmp/, locked while in use; stale ones are swept.
+    """A private directory under the repository's tmp/, locked while in use; stale ones are
+    swept, and what they hold is adopted where it can be.
 
     Its name carries the boot id, so that the objects a receiver killed in this boot left
-    staged (see objects.ObjectStore) can be adopted by the next session's sweep."""
+    staged (see objects.ObjectStore) can be adopted into the repository by a later sweep."""
 
-    def __init__(self, tmp_root: Path, max_size: int | None = None) -> None:
+    def __init__(self, tmp_root: Path, max_size: int | None) -> None:
         self.root = tmp_root
         self.max_size = max_size  # the policy's, for objects adopted by sweep()
 
@@ -736,28 +740,32 @@ class _SessionDir:
         shutil.rmtree(self.path, ignore_errors=True)
         self._lock.close()
 
-    def sweep(self, adopt_into: str | None = None) -> None:
-        """Remove the directories of sessions that are over; with ``adopt_into`` (the repository),
-        first move into it the objects a receiver killed in this boot had staged whole (a retry
-        then need not send them again)."""
+    def sweep(self) -> None:
+        """Remove the directories of sessions that are over, having first moved into the
+        repository the objects a receiver killed in this boot had staged whole (a retry then
+        need not send them again)."""
         try:
             names = [n for n in os.listdir(self.root) if n.startswith(TMP_PREFIX)]
         except OSError:  # no tmp/ yet
             return
-        boot = _boot_id() if names and adopt_into else ""
+        boot = _boot_id() if names else ""
         for name in names:
             d = self.root / name
             try:
                 if not _real_dir(d):  # not a session's: a symlink would lead out of the repository
                     os.unlink(d)
                     continue
-                fd = os.open(d / ".lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                # Not following a symlink, not waiting on a FIFO: whatever sits there, one call.
+                fd = os.open(d / ".lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             0o644)
                 with open(fd, "w") as f:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        continue
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    if adopt_into and boot and name.startswith(f"{TMP_PREFIX}{boot}-") and _real_dir(d / "objects"):
+                    if boot and name.startswith(f"{TMP_PREFIX}{boot}-") and _real_dir(d / "objects"):
                         from ..objects import adopt_staged
 
-                        adopt_staged(adopt_into, d / "objects", self.max_size)
+                        adopt_staged(self.root.parent, d / "objects", self.max_size)
                     shutil.rmtree(d, ignore_errors=True)
             except OSError:
                 continue  # in use by a live session (or, adopting, a file system error: swept next time)
