@@ -164,8 +164,7 @@ class ObjectStore:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(directory, 0o755, dir_fd=self._fd)
                 for name in os.listdir(f"{self.staging}/{directory}"):
-                    st = os.stat(f"{directory}/{name}", dir_fd=self._staging_fd, follow_symlinks=False)
-                    if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o644:
+                    if _written_whole(os.stat(f"{directory}/{name}", dir_fd=self._staging_fd, follow_symlinks=False)):
                         os.rename(f"{directory}/{name}", f"{directory}/{name}",
                                   src_dir_fd=self._staging_fd, dst_dir_fd=self._fd)
         except OSError as e:
@@ -410,6 +409,11 @@ def write_staged_file(dir_fd: int, path: str, data: bytes) -> None:
         os.close(fd)
 
 
+def _written_whole(st: os.stat_result) -> bool:
+    """A staged file that write_staged_file finished: regular, and turned 0644 last."""
+    return stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o644
+
+
 _STAGED_NAME = re.compile(r"[0-9a-f]{62}\.filez")
 
 
@@ -447,8 +451,7 @@ def _adopt_one(objects_fd: int, path: str, directory: str, name: str, max_size: 
         return False
     try:
         st = os.fstat(fd)
-        if not (stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o644 and st.st_uid == os.geteuid()
-                and st.st_nlink == 1):
+        if not (_written_whole(st) and st.st_uid == os.geteuid() and st.st_nlink == 1):
             return False
         try:
             verify_content(Path(f"/proc/self/fd/{fd}"), directory + name[:62], max_size, plain_only=True)
@@ -456,9 +459,7 @@ def _adopt_one(objects_fd: int, path: str, directory: str, name: str, max_size: 
             return False
         with contextlib.suppress(FileExistsError):
             os.mkdir(directory, 0o755, dir_fd=objects_fd)
-        with contextlib.suppress(FileExistsError):  # the same object, there already
-            # dst_dir_fd makes CPython call linkat(AT_SYMLINK_FOLLOW), which follows /proc's link.
-            os.link(f"/proc/self/fd/{fd}", f"{directory}/{name}", dst_dir_fd=objects_fd, follow_symlinks=True)
+        _link_in(fd, f"{directory}/{name}", objects_fd)
         os.unlink(src)
         return True
     finally:
@@ -492,10 +493,14 @@ def write_new_file(dir_fd: int, directory: str, name: str, data: bytes) -> None:
             view = view[os.write(fd, view):]
         if _CHMOD_NEEDED:
             os.fchmod(fd, 0o644)
-        try:
-            # dst_dir_fd makes CPython call linkat(AT_SYMLINK_FOLLOW), which follows /proc's link.
-            os.link(f"/proc/self/fd/{fd}", dest, dst_dir_fd=dir_fd, follow_symlinks=True)
-        except FileExistsError:
-            pass  # the same verified object, placed by a concurrent push
+        _link_in(fd, dest, dir_fd)
     finally:
         os.close(fd)
+
+
+def _link_in(fd: int, path: str, dir_fd: int) -> None:
+    """Name the file open as ``fd`` ``path`` (relative to ``dir_fd``); a file already there is
+    the same verified object (placed by a concurrent push, say) and stays."""
+    with contextlib.suppress(FileExistsError):
+        # dst_dir_fd makes CPython call linkat(AT_SYMLINK_FOLLOW), which follows /proc's link.
+        os.link(f"/proc/self/fd/{fd}", path, dst_dir_fd=dir_fd, follow_symlinks=True)
