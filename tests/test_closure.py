@@ -1,4 +1,4 @@
-"""Repo.check_closure finds whatever a commit's tree lacks, walking only where the commit
+"""check_closure (Repo and FileRepo) finds whatever a commit's tree lacks, walking only where the commit
 differs from a complete parent (the receiver checks every pushed commit this way)."""
 
 from __future__ import annotations
@@ -9,7 +9,23 @@ from pathlib import Path
 import pytest
 
 from conftest import ostree
+from treeship.filerepo import FileRepo
 from treeship.repo import Repo
+
+
+@pytest.fixture(params=["libostree", "files"])
+def open_repo(request):
+    """Both ways of reading a repository walk closures alike: through libostree (Repo), and
+    through its files alone (FileRepo, a plain push's receiver)."""
+    if request.param == "libostree":
+        return Repo.open
+
+    def files(path: Path) -> FileRepo:
+        r = FileRepo.open(path, lambda: pytest.fail("FileRepo asked libostree"))
+        assert r is not None
+        return r
+
+    return files
 
 
 def _object(repo: Path, checksum: str, suffix: str) -> Path:
@@ -54,33 +70,33 @@ def history(tmp_path: Path) -> tuple[Path, str, str]:
     return repo, first, second
 
 
-def test_complete_commits(history):
+def test_complete_commits(open_repo, history):
     repo, first, second = history
-    r = Repo.open(repo)
+    r = open_repo(repo)
     assert r.check_closure(first) is None
     assert r.check_closure(second) is None
 
 
 @pytest.mark.parametrize("name", ["changed/edited", "changed/added"])
-def test_a_missing_object_where_the_commits_differ_is_found(history, name):
+def test_a_missing_object_where_the_commits_differ_is_found(open_repo, history, name):
     repo, _, second = history
     csum = _entry(repo, second, f"/{name}")
     _object(repo, csum, "filez").unlink()
-    assert Repo.open(repo).check_closure(second) == f"content object {csum} is missing"
+    assert open_repo(repo).check_closure(second) == f"content object {csum} is missing"
     # what the caller says it placed itself is not looked up (the receiver's own objects)...
-    assert Repo.open(repo).check_closure(second, placed={f"{csum[:2]}/{csum[2:]}.filez"}) is None
+    assert open_repo(repo).check_closure(second, placed={f"{csum[:2]}/{csum[2:]}.filez"}) is None
     # ... as that object: the same checksum as another type vouches for nothing
-    assert Repo.open(repo).check_closure(second, placed={f"{csum[:2]}/{csum[2:]}.dirmeta"}) is not None
+    assert open_repo(repo).check_closure(second, placed={f"{csum[:2]}/{csum[2:]}.dirmeta"}) is not None
 
 
-def test_a_missing_dirtree_where_the_commits_differ_is_found(history):
+def test_a_missing_dirtree_where_the_commits_differ_is_found(open_repo, history):
     repo, _, second = history
     tree = _entry(repo, second, "/changed")
     _object(repo, tree, "dirtree").unlink()
-    assert Repo.open(repo).check_closure(second) == f"dirtree {tree} is missing"
+    assert open_repo(repo).check_closure(second) == f"dirtree {tree} is missing"
 
 
-def test_a_partial_parent_is_not_relied_on(history):
+def test_a_partial_parent_is_not_relied_on(open_repo, history):
     """Marked partial, the parent vouches for nothing: the shared subtree is walked, and a
     content object missing from it is found."""
     repo, first, second = history
@@ -88,18 +104,18 @@ def test_a_partial_parent_is_not_relied_on(history):
     _object(repo, csum, "filez").unlink()
     (repo / "state").mkdir(exist_ok=True)
     (repo / "state" / f"{first}.commitpartial").write_text("")
-    assert Repo.open(repo).check_closure(second) == f"content object {csum} is missing"
+    assert open_repo(repo).check_closure(second) == f"content object {csum} is missing"
 
 
-def test_an_absent_parent_is_not_relied_on(history, tmp_path):
+def test_an_absent_parent_is_not_relied_on(open_repo, history, tmp_path):
     repo, first, second = history
     csum = _entry(repo, second, "/same/top")
     _object(repo, csum, "filez").unlink()
     _object(repo, first, "commit").unlink()
-    assert Repo.open(repo).check_closure(second) == f"content object {csum} is missing"
+    assert open_repo(repo).check_closure(second) == f"content object {csum} is missing"
 
 
-def test_a_complete_parent_s_shared_subtrees_are_not_walked_again(history):
+def test_a_complete_parent_s_shared_subtrees_are_not_walked_again(open_repo, history):
     """libostree's rule, which the receiver keeps: a commit not marked partial has its whole
     tree. So a subtree both commits share is not checked twice (here: not at all, its
     dirtree gone from under the complete parent, which only a repository broken by hand
@@ -108,10 +124,10 @@ def test_a_complete_parent_s_shared_subtrees_are_not_walked_again(history):
     shutil.rmtree(repo / "state", ignore_errors=True)
     tree = _entry(repo, second, "/same/deep")
     _object(repo, tree, "dirtree").unlink()
-    assert Repo.open(repo).check_closure(second) is None
+    assert open_repo(repo).check_closure(second) is None
 
 
-def test_a_content_object_does_not_stand_in_for_a_dirmeta_of_its_checksum(tmp_path):
+def test_a_content_object_does_not_stand_in_for_a_dirmeta_of_its_checksum(open_repo, tmp_path):
     """A hostile tree names an existing content object's checksum as a directory's dirmeta:
     the dirmeta is looked for as a dirmeta, not taken as seen because the file was."""
     import hashlib
@@ -146,6 +162,6 @@ def test_a_content_object_does_not_stand_in_for_a_dirmeta_of_its_checksum(tmp_pa
         {}, [], [], "evil", "", 0, list(bytes.fromhex(evil_root)), list(root_meta))), "commit")
 
     assert not _object(repo, content, "dirmeta").exists()
-    assert Repo.open(repo).check_closure(evil) == f"dirmeta {content} is missing"
+    assert open_repo(repo).check_closure(evil) == f"dirmeta {content} is missing"
     placed = {f"{content[:2]}/{content[2:]}.filez"}
-    assert Repo.open(repo).check_closure(evil, placed=placed) == f"dirmeta {content} is missing"
+    assert open_repo(repo).check_closure(evil, placed=placed) == f"dirmeta {content} is missing"

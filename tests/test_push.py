@@ -135,6 +135,56 @@ def test_a_first_push_into_an_empty_repository_sends_all_without_asking(treeship
     assert refs(dest) == {BRANCH: commit, "other/x86_64": other}
 
 
+def receiver_loaded_libostree(trace: Path) -> bool:
+    """Whether the receiver's process imported treeship.repo (it marks the trace: repo/core.py)."""
+    lines = [line.split(" ", 2) for line in trace.read_text().splitlines()]
+    receivers = {pid for _, pid, phase in lines if phase == "receiver: started"}
+    assert receivers
+    return any(pid in receivers and phase == "libostree loaded" for _, pid, phase in lines)
+
+
+def test_a_plain_push_never_loads_libostree(treeship, sshd, tmp_path, ed25519_key):
+    """A push whose policy asks nothing of libostree, into a plain repository, is received,
+    checked, placed and published through the files (treeship/filerepo.py); signatures in the
+    push, or a policy that needs libostree (deltas, here), load it as before. Every outcome
+    is judged by the ostree CLI."""
+    local = tmp_path / "local"
+    dest = tmp_path / "dest"
+    ostree("init", "--repo", dest, "--mode=archive")
+    trace = tmp_path / "trace"
+
+    for tag in ("1", "2"):  # a first push, then an incremental one
+        commit = release(treeship, write_tree(tmp_path / f"tree{tag}", tag=tag), local)
+        trace.unlink(missing_ok=True)
+        out = treeship("push", "--repo", local, dest, BRANCH, "--json", env={"TREESHIP_TRACE": str(trace)}).json()
+        assert out["ok"] and out["objects_sent"] > 0
+        assert "receiver: closures checked" in trace.read_text() and not receiver_loaded_libostree(trace)
+        fsck(dest)
+        assert refs(dest) == {BRANCH: commit}
+        assert commit in ostree("summary", "--repo", dest, "--view").stdout
+        assert not (dest / "state").exists() or not list((dest / "state").iterdir())  # no commit left partial
+
+    trace.unlink()
+    signed = release(treeship, write_tree(tmp_path / "tree3", tag="3"), local, BRANCH,
+                     "--sign-ed25519", str(ed25519_key.secret))
+    treeship("push", "--repo", local, dest, BRANCH, env={"TREESHIP_TRACE": str(trace)})
+    assert receiver_loaded_libostree(trace)  # the signatures that travel are parsed by libostree
+    assert refs(dest) == {BRANCH: signed}
+    ostree("show", "--repo", dest, signed)
+
+    repo = tmp_path / "server"
+    ostree("init", "--repo", repo, "--mode=archive")
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[deltas]\nenabled = true\n")
+    key = sshd.add_key(f'restrict,command="env TREESHIP_TRACE={trace} treeship receive --repo {repo} '
+                       f'--config {policy}"')
+    trace.unlink()
+    treeship("push", "--repo", local, "--ssh-command", key.ssh_command, key.url(repo), BRANCH)
+    assert receiver_loaded_libostree(trace)
+    fsck(repo)
+    assert refs(repo) == {BRANCH: signed}
+
+
 def test_a_repository_with_a_parent_gets_every_object_itself(treeship, tmp_path):
     """Clients pull a releases repository's own files over HTTP, not its parent's: every object,
     the commit too, lands in it (libostree's has_object also looks in the parent), and such a

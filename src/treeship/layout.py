@@ -36,13 +36,13 @@ def plainly_valid_branch(name: str) -> bool:
 _KEY_LINE = re.compile(r"([A-Za-z0-9_.-]+)=(\S(?:.*\S)?)?\Z")
 
 
-def mode(path: str | os.PathLike[str]) -> str | None:
-    """The repository's ``core.mode``, or None where libostree should be asked.
+def core_config(path: str | os.PathLike[str]) -> dict[str, str] | None:
+    """The ``[core]`` group of the repository's config, or None where libostree should read it.
 
     Read only from a config in the plain form ostree writes (``[group]`` lines, ``key=value``
     lines, ``#`` comments, blank lines). Anything else — spaces around ``=`` or a value,
-    another comment style, a repeated key, a ``parent`` repository — is left to GLib's
-    key-file parser, whose reading configparser would not match exactly.
+    another comment style, a repeated key — is left to GLib's key-file parser, whose reading
+    configparser would not match exactly.
     """
     try:
         text = Path(path, "config").read_text()
@@ -63,7 +63,16 @@ def mode(path: str | os.PathLike[str]) -> str | None:
             if m.group(1) in core:
                 return None
             core[m.group(1)] = m.group(2) or ""
-    if "parent" in core:
+    return core
+
+
+def mode(path: str | os.PathLike[str], core: dict[str, str] | None = None) -> str | None:
+    """The repository's ``core.mode`` (from ``core``, its core_config, if given), or None where
+    libostree should be asked: a config not in the plain form (see core_config), or a
+    ``parent`` repository."""
+    if core is None:
+        core = core_config(path)
+    if core is None or "parent" in core:
         return None
     name = core.get("mode", "bare")
     return _MODE_ALIASES.get(name, name) if name in _MODES else None

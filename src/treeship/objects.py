@@ -3,9 +3,10 @@
 Almost every object of a push is a content object (``.filez``). Checking one is sha256
 over its inflated content, and storing it is one new file: neither needs libostree, and
 doing both here lets objects be received while the receiver is still loading it (about
-60 ms). The format is OSTree's (ostree-core-private.h); a header this module cannot vouch
-for itself (a symlink, extended attributes) is checked by libostree through
-:func:`treeship.repo.check_archive_header`, and ``ostree fsck`` in the tests cross-checks.
+60 ms), or without loading it at all (a plain push: see :mod:`treeship.filerepo`). The
+format is OSTree's (ostree-core-private.h); a header other than a plain regular file's (a
+symlink, extended attributes) is checked by GLib (:func:`check_archive_header`), and
+``ostree fsck`` in the tests cross-checks.
 """
 
 from __future__ import annotations
@@ -207,6 +208,22 @@ def collect(chunks: Iterable[bytes], limit: int, spill: str | Path, what: str) -
     return b"".join(held) if len(held) != 1 else held[0]
 
 
+def check_archive_header(hb: bytes, bad: str) -> None:
+    """A content object's ``(tuuuusa(ayay))`` header that is not a plain regular file's (a
+    symlink, extended attributes): in normal form (GLib's judgement, through
+    :mod:`treeship.gvariant`), with a mode libostree allows (ostree_validate_structureof_file_mode:
+    a regular file or a symlink, no bits beyond the permissions)."""
+    from .gvariant import normal
+
+    if normal("(tuuuusa(ayay))", hb) is None:
+        raise TransferError(f"{bad}: header not in normal form")
+    mode = struct.unpack_from(">I", hb, 16)[0]
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise TransferError(f"{bad}: invalid file mode {mode:o}: not a regular file or a symlink")
+    if mode & ~_MODE_BITS:
+        raise TransferError(f"{bad}: invalid file mode {mode:o}: bits beyond the permissions")
+
+
 def verify_content(src: bytes | Path, checksum: str, max_size: int | None = None, plain_only: bool = False) -> None:
     """Raise TransferError unless ``src`` (archive form) is the content object ``checksum``
     (``plain_only``: and a regular file without extended attributes, judged without libostree)."""
@@ -259,8 +276,6 @@ def content_checksum(src: bytes | Path, checksum: str, max_size: int | None, pla
         if not _plain_regular_header(hb, mode):
             if plain_only:
                 raise TransferError(f"{bad}: not a plain regular file")
-            from .repo import check_archive_header  # libostree: only for symlinks and xattrs
-
             check_archive_header(hb, bad)
         is_link = stat.S_ISLNK(mode)
         w = _gvariant_offset_size(hlen)

@@ -35,7 +35,7 @@ from .deltas import (
 from .refs import Commit, _Refs, validate_branch
 from .remotes import _Remotes
 from .signatures import ED25519_KEY, GPG_KEY, GpgSignature, _Signatures
-from .store import _Store, check_archive_header
+from .store import _Store
 from .summary import SUMMARY_DIR, _Summary
 from .trees import FileProgress, TreeChange, TreeStats, _Trees, canonical_mode
 
@@ -57,7 +57,6 @@ __all__ = [
     "TreeStats",
     "apply_delta_offline",
     "canonical_mode",
-    "check_archive_header",
     "delta_superblock_without_fallbacks",
     "generate_delta_files",
     "open_delta_part",

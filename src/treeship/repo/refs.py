@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
-import tempfile
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import layout
-from ..errors import RepoError, StorageError, UsageError
+from .. import filerepo, layout
+from ..errors import RepoError, UsageError
 from .core import GLib, OSTree, _Core, _from_variant
 
 
@@ -133,6 +129,16 @@ class _Refs(_Core):
             root_metadata=OSTree.checksum_from_bytes_v(v.get_child_value(7)),
         )
 
+    def ref_binding(self, checksum: str) -> list[str] | None:
+        """The commit's ``ostree.ref-binding`` (None: none); ValueError if it is not an ``as``
+        (libostree's clients read it as one: ``^a&s``)."""
+        value = self._commit_variant(checksum).get_child_value(0).lookup_value("ostree.ref-binding", None)
+        if value is None:
+            return None
+        if value.get_type_string() != "as":
+            raise ValueError(f"ostree.ref-binding is an {value.get_type_string()}, not a list of branch names")
+        return list(value.unpack())
+
     def commit_bytes(self, checksum: str) -> bytes:
         """The ``.commit`` object's bytes: what the commit checksum and signatures cover."""
         data = self._commit_variant(checksum).get_data_as_bytes().get_data()
@@ -156,63 +162,9 @@ class _Refs(_Core):
         self._repo.transaction_set_ref(None, branch, checksum)
 
     def ref_conflict(self, name: str, others: Iterable[str] = ()) -> str | None:
-        """Why branch ``name`` cannot exist next to the refs here (and ``others``): refs are
-        files under refs/heads/, so ``a`` and ``a/b`` exclude each other. None if it can."""
-        heads = self.path / "refs" / "heads"
-        parts = name.split("/")
-        for i in range(1, len(parts)):
-            prefix = "/".join(parts[:i])
-            if (heads / prefix).is_file() or prefix in others:
-                return f"branch {prefix!r} exists, so no branch can be named {prefix}/…"
-        if (heads / name).is_dir() or any(o.startswith(f"{name}/") for o in others):
-            return f"branches named {name}/… exist, so no branch can be named {name}"
-        return None
+        """Why branch ``name`` cannot exist next to the refs here (see filerepo.ref_conflict)."""
+        return filerepo.ref_conflict(self.path, name, others)
 
     def set_refs(self, refs: dict[str, str | None], workdir: Path | None = None) -> None:
-        """Move refs (None deletes), each atomically: written to a temp file in ``workdir``
-        (default tmp/), flushed, then renamed over refs/heads/NAME.
-
-        libostree's own ref writes (transaction_set_ref) use a temp name inside refs/heads/,
-        which a crash leaves behind as a stray branch (``main/tmp.AbC123``). Here a crash
-        leaves each ref its old or new value, and nothing else under refs/.
-        """
-        heads = self.path / "refs" / "heads"
-        work = workdir or self.path / "tmp"
-        for name, checksum in refs.items():
-            dest = heads / name
-            try:
-                if checksum is None:
-                    dest.unlink(missing_ok=True)
-                    for parent in dest.relative_to(heads).parents[:-1]:  # empty directories go too
-                        with contextlib.suppress(OSError):
-                            (heads / parent).rmdir()
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                _replace_file(dest, f"{checksum}\n".encode(), work)
-            except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    raise StorageError(f"{self.path}: no space left on device (writing ref {name})") from None
-                raise StorageError(f"{self.path}: writing ref {name}: {e.strerror}") from None
-
-
-def _replace_file(dest: Path, data: bytes, workdir: Path) -> None:
-    """Replace ``dest`` by ``data`` in one rename from ``workdir`` (same filesystem), flushed
-    first; its mtime moves forward even within the same second (HTTP caches compare it)."""
-    fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".new-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        try:
-            old = os.stat(dest).st_mtime_ns
-        except FileNotFoundError:
-            old = None
-        if old is not None and os.stat(tmp).st_mtime_ns <= old:
-            os.utime(tmp, ns=(old + 1_000_000_000, old + 1_000_000_000))
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        """Move refs (None deletes), each atomically (see filerepo.set_refs)."""
+        filerepo.set_refs(self.path, refs, workdir)

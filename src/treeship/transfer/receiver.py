@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
     from typing import Any
 
+    from ..filerepo import FileRepo
     from ..repo import Repo
 
 OBJECT_TYPES = wire.OBJECT_TYPES
@@ -107,6 +108,8 @@ class Receiver:
 
     libostree is loaded only once objects are on their way: the HELLO, the preflight and
     a no-op push are answered from the repository's files (see :mod:`treeship.layout`).
+    A plain push (see _plain_policy) does without it altogether: its objects, commits, refs
+    and summary are worked on through the files (:mod:`treeship.filerepo`).
     """
 
     def __init__(self, repo_path: str, policy: Policy, key_id: str | None, rfd: int, wfd: int,
@@ -131,6 +134,24 @@ class Receiver:
         self._repo: Repo | None = None
         self._loader: threading.Thread | None = None
         self._load_error: BaseException | None = None
+        self._plain = False  # the repository and this push's policy need nothing of libostree
+        self._following = False  # objects are on their way (see _objects_follow)
+        self._files: FileRepo | None = None
+
+    @property
+    def dest(self) -> Repo | FileRepo:
+        """The receiving repository as this push works on its objects, commits and refs: through
+        its files alone for a plain push (libostree never loaded), else through libostree."""
+        if not self._plain:
+            return self.repo
+        if self._files is None:
+            from ..filerepo import FileRepo
+
+            self._files = FileRepo.open(self.repo_path, lambda: self.repo)
+            if self._files is None:  # the config is not as ostree writes it (after all)
+                self._plain = False
+                return self.repo
+        return self._files
 
     @property
     def repo(self) -> Repo:
@@ -147,14 +168,18 @@ class Receiver:
             self._repo = Repo.open(self.repo_path)
         return self._repo
 
-    def _start_loading(self) -> None:
-        if self._repo is not None or self._loader is not None:
+    def _objects_follow(self) -> None:
+        """Objects are on their way: libostree starts loading (unless this push is plain)."""
+        if self._following or self._repo is not None:
             return
+        self._following = True
         from ..heap import keep_freed_memory
 
         # Objects follow, their buffers freed and taken again thousands of times. Set while
         # this is the only thread (mallopt is not safe against other threads allocating).
         keep_freed_memory()
+        if self._plain:
+            return
 
         def load() -> None:
             try:
@@ -228,6 +253,7 @@ class Receiver:
         refs = self.heads if self.heads is not None else self.repo.refs()
         # Nothing here (no parent repository either): the pusher sends everything without asking.
         empty = plain is not None and refs == {} and layout.holds_no_objects(self.repo_path)
+        self._plain = plain is not None and self.heads is not None and self._plain_policy([])
         self.writer.send_json(wire.HELLO, {"magic": wire.MAGIC, "protocol": wire.PROTOCOL_VERSION,
                                            "server": f"treeship {__version__}", "mode": mode,
                                            "refs": refs, "empty": empty, "key_id": self.key_id,
@@ -235,6 +261,7 @@ class Receiver:
                                            "idle_timeout": self.reader.timeout})
         self.writer.flush()
         updates = self._read_updates()
+        self._plain = self._plain and self._plain_policy(updates)
         # The commits this push moves a branch to: the only ones signatures or a delta may come for.
         self.targets = {u.new for u in updates if u.status == "ok" and u.new}
         self.writer.send_json(wire.PREFLIGHT, {"refs": [u.to_dict() for u in updates]})
@@ -246,14 +273,14 @@ class Receiver:
             return
         with self._session_dir() as tmp:
             commits, metas, placed = self._receive_objects(tmp)
-            repo = self.repo
+            repo = self.dest
             trace.mark("receiver: objects received")
             for csum, data in metas.items():
                 # Signatures only for the commits this push moves a branch to, checked with the
                 # refs and merged only if they move: nobody adds signatures to others' commits.
                 if csum not in self.targets:
                     raise TransferError(f"signatures for commit {csum}, which no branch of this push is moving to")
-                self.signatures[csum] = repo.parse_signatures(csum, data)
+                self.signatures[csum] = self.repo.parse_signatures(csum, data)
                 self.commitmeta[csum] = data
             commit_type = int(OBJECT_TYPES["commit"])
             with self._locked():
@@ -283,6 +310,13 @@ class Receiver:
         self.writer.send_json(wire.STATUS, {"refs": [u.to_dict() for u in updates],
                                             "received_bytes": self.received_bytes, "warnings": self.warnings})
         self.writer.flush()
+
+    def _plain_policy(self, updates: list[Update]) -> bool:
+        """Whether the policy asks nothing of libostree for these ref updates: no signature
+        rules for their branches, no signed summary, no deltas."""
+        s = self.policy.summary
+        return not (s.gpg_sign or s.ed25519_secret or self.policy.deltas) and \
+            not any(self.policy.signature_rules(u.ref) for u in updates)
 
     def _read_updates(self) -> list[Update]:
         msg = self.reader.expect(wire.UPDATE).json()
@@ -337,7 +371,7 @@ class Receiver:
             u.status, u.reason = "uptodate", "already there"
             return
         if current and self._present([(u.new, int(OBJECT_TYPES["commit"]))])[0] \
-                and not self.repo.is_ancestor(current, u.new):
+                and not self.dest.is_ancestor(current, u.new):
             self._check_rewind(u, force)
 
     def _check_rewind(self, u: Update, force: bool) -> None:
@@ -364,19 +398,20 @@ class Receiver:
                     frame = self.reader.read()
                     if frame.type == wire.OBJECT:
                         if store is None:
+                            from ..filerepo import verify_object
                             from ..objects import ObjectStore
 
                             # No libostree: content goes on while it loads. New objects/XX
                             # directories are filled aside and moved in whole (ObjectStore).
                             store = ObjectStore(self.repo_path, staging=f"{tmp}/objects")
-                            self._start_loading()  # (started already where a QUERY came first)
+                            self._objects_follow()  # (already where a QUERY came first)
                         counter += 1
                         csum, objtype, data = self._read_object(frame, tmp, counter)
                         name = _TYPE_NAMES[objtype]
                         if name == "commit":
                             if csum not in commits and len(commits) >= MAX_COMMITS:
                                 raise TransferError(f"push of more than {MAX_COMMITS} commits")
-                            self.repo.verify_object(data, csum, objtype)  # as it arrives: none held unchecked
+                            verify_object(data, csum, objtype)  # as it arrives: none held unchecked
                             if isinstance(data, bytes):
                                 commit_bytes += len(data)
                                 if commit_bytes > MAX_IN_FLIGHT:  # many commits: keep them on disk
@@ -395,8 +430,8 @@ class Receiver:
                             signature_bytes += len(metas[csum])
                             if signature_bytes > MAX_SIGNATURES:
                                 raise TransferError(f"the signatures of this push exceed {MAX_SIGNATURES} bytes")
-                        elif name != "file":  # dirtree, dirmeta: small, validated by libostree
-                            self.repo.verify_object(data, csum, objtype, self.policy.max_object_size)
+                        elif name != "file":  # dirtree, dirmeta: small, checked here (by GLib: filerepo)
+                            verify_object(data, csum, objtype, self.policy.max_object_size)
                             store.place(data, csum, name)
                         elif isinstance(data, bytes) and len(data) < INLINE_BELOW:
                             store.install_content(data, csum, self.policy.max_object_size)
@@ -419,7 +454,9 @@ class Receiver:
                         pending.clear()
                         in_flight = 0
                         csum, data = delta.receive(self, frame, tmp, pool, self.targets)
-                        self.repo.verify_object(data, csum, int(OBJECT_TYPES["commit"]))
+                        from ..filerepo import verify_object
+
+                        verify_object(data, csum, int(OBJECT_TYPES["commit"]))
                         commits[csum] = data
                     elif frame.type == wire.QUERY:
                         self._answer_query(frame)
@@ -463,7 +500,7 @@ class Receiver:
         trace.mark("receiver: missing sent")
         # Objects follow, content first, which needs no libostree: it loads meanwhile. (Not
         # earlier: importing it holds the GIL, and answering this query would wait for it.)
-        self._start_loading()
+        self._objects_follow()
 
     def count_received(self, n: int) -> None:
         """Count ``n`` more bytes against the policy's limit on one push."""
@@ -523,7 +560,7 @@ class Receiver:
             yield
 
     def _move_refs(self, updates: list[Update]) -> None:
-        repo = self.repo
+        repo = self.dest
         live = [u for u in updates if u.status == "ok"]
         for u in live:
             if u.new is None:
@@ -535,8 +572,9 @@ class Receiver:
             if missing:
                 u.reject(f"incomplete commit {u.new[:12]}: {missing}")
                 continue
-            binding = repo.commit(u.new).metadata.get("ostree.ref-binding")
-            if binding is not None and not (isinstance(binding, list) and all(isinstance(b, str) for b in binding)):
+            try:
+                binding = repo.ref_binding(u.new)
+            except ValueError:
                 u.reject(f"commit {u.new[:12]}: malformed ostree.ref-binding (not a list of branch names)")
                 continue
             if binding is not None and u.ref not in binding:
@@ -577,7 +615,7 @@ class Receiver:
                     if u.new:
                         repo.mark_partial(u.new, False)  # its closure is complete: checked above
                         if u.new in self.commitmeta:
-                            repo.merge_detached_signatures(u.new, self.commitmeta[u.new])
+                            self.repo.merge_detached_signatures(u.new, self.commitmeta[u.new])
                 repo.set_refs({u.ref: u.new for u in live}, work)
                 if live:
                     try:
@@ -594,7 +632,7 @@ class Receiver:
             heads = layout.heads(self.repo_path)
             if heads is not None and layout.summary_lists(self.repo_path, heads):
                 return  # told without loading libostree
-            repo = self.repo
+            repo = self.dest
             listed = repo.summary_refs()
             if listed == {k: v for k, v in repo.refs().items() if ":" not in k}:
                 return
@@ -611,8 +649,6 @@ class Receiver:
         found good: see _unvouched, for commits other branches point at.
         """
         assert u.new is not None
-        from ..repo import ED25519_KEY, GPG_KEY  # loaded by now: the commit was read
-
         rules = self.policy.signature_rules(u.ref)
         incoming = self.signatures.get(u.new, {})
         existing = self.repo.detached_metadata(u.new) if incoming else {}
@@ -623,6 +659,7 @@ class Receiver:
         if not rules:
             return
         from .. import signing  # here, after the rules: importing it (PyNaCl) costs a push ~8 ms
+        from ..repo import ED25519_KEY, GPG_KEY
 
         new_gpg = added.get(GPG_KEY, [])
         new_ed = added.get(ED25519_KEY, [])
@@ -673,7 +710,7 @@ class Receiver:
 
     def _publish(self, moved: list[Update], previous: dict[str, str | None], work: Path) -> None:
         """Deltas, then the summary and its signatures, published together (see Repo.publish_summary)."""
-        repo = self.repo
+        repo = self.dest
         if self.policy.deltas:
             for u in moved:
                 if u.new and previous.get(u.ref) and previous[u.ref] != u.new:

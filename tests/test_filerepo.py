@@ -1,0 +1,330 @@
+"""A repository worked on through its files (treeship/filerepo.py: a plain push's receiver,
+without libostree) is judged, read and written as libostree judges, reads and writes it.
+
+The oracle is libostree itself through PyGObject: GLib's normal form and
+``OSTree.validate_structureof_*`` for received metadata, ``Repo`` for commits, refs, partial
+marks and the summary, and the ``ostree`` CLI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import gi
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+gi.require_version("OSTree", "1.0")
+from gi.repository import GLib, OSTree  # noqa: E402
+
+from conftest import ostree  # noqa: E402
+from treeship import filerepo  # noqa: E402
+from treeship.errors import TransferError  # noqa: E402
+from treeship.filerepo import FileRepo  # noqa: E402
+from treeship.repo import Repo  # noqa: E402
+
+DIRTREE, DIRMETA, COMMIT = 2, 3, 4
+TYPES = {DIRTREE: ("(a(say)a(sayay))", OSTree.validate_structureof_dirtree, "dirtree"),
+         DIRMETA: ("(uuua(ayay))", OSTree.validate_structureof_dirmeta, "dirmeta"),
+         COMMIT: ("(a{sv}aya(say)sstayay)", OSTree.validate_structureof_commit, "commit")}
+CS = bytes(range(32))
+
+
+def libostree_accepts(data: bytes, objtype: int) -> bool:
+    vtype, validate, _ = TYPES[objtype]
+    v = GLib.Variant.new_from_bytes(GLib.VariantType.new(vtype), GLib.Bytes.new(data), False)
+    if not v.is_normal_form():
+        return False
+    try:
+        validate(v)
+    except GLib.Error:
+        return False
+    return True
+
+
+def we_accept(data: bytes, objtype: int) -> bool:
+    try:
+        filerepo.validate_metadata(data, hashlib.sha256(data).hexdigest(), objtype)
+    except TransferError:
+        return False
+    return True
+
+
+def agree(data: bytes, objtype: int) -> bool:
+    ours, theirs = we_accept(data, objtype), libostree_accepts(data, objtype)
+    assert ours == theirs, (TYPES[objtype][2], data.hex(), ours, theirs)
+    return ours
+
+
+def _bytes(v: GLib.Variant) -> bytes:
+    return bytes(v.get_data_as_bytes().get_data() or b"")
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, list[bytes]], list[str]]:
+    """A repository of three commits by `ostree commit`: names of every kind, a directory big
+    enough for 2-byte framing offsets, setuid bits, symlinks, a version and a ref binding."""
+    base = tmp_path_factory.mktemp("real")
+    tree = base / "tree"
+    (tree / "usr" / "bin").mkdir(parents=True)
+    (tree / "usr" / "bin" / "tool").write_bytes(b"\x7fELF" + bytes(300))
+    (tree / "usr" / "bin" / "tool").chmod(0o4755)
+    (tree / "é€𝄞 dir").mkdir()
+    (tree / "é€𝄞 dir" / "-").write_bytes(b"x")
+    (tree / "many").mkdir()
+    for i in range(300):
+        (tree / "many" / f"file-{i:04d}").write_bytes(bytes([i % 256]))
+    (tree / "link").symlink_to("usr/bin/tool")
+    (tree / "sticky").mkdir(mode=0o1777)
+    (tree / "sticky").chmod(0o1777)
+    repo = base / "repo"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    commits = []
+    for i in range(3):
+        (tree / "usr" / "bin" / "tool").write_bytes(b"\x7fELF" + bytes([i]) * 300)
+        commits.append(ostree("commit", f"--repo={repo}", "--branch=main", "--add-metadata-string=version=1." + str(i),
+                              "--add-metadata=ostree.ref-binding=['main']", str(tree)).stdout.strip())
+    found: dict[int, list[bytes]] = {t: [] for t in TYPES}
+    for t, (_, _, suffix) in TYPES.items():
+        found[t] = [p.read_bytes() for p in sorted(repo.glob(f"objects/*/*.{suffix}"))]
+    assert len(found[COMMIT]) == 3 and any(len(d) > 255 for d in found[DIRTREE])
+    return repo, found, commits
+
+
+# -- received metadata: judged as libostree judges it -------------------------------------------
+
+
+def test_every_metadata_object_ostree_wrote_is_accepted(real):
+    _, found, _ = real
+    for objtype, datas in found.items():
+        for data in datas:
+            assert agree(data, objtype)
+
+
+@pytest.mark.parametrize("files, dirs", [
+    ([("", CS)], []),  # libostree 2022.7 takes an empty name
+    ([(".", CS)], []), ([("..", CS)], []), ([], [(".", CS, CS)]), ([], [("..", CS, CS)]),
+    ([("a/b", CS)], []), ([], [("/", CS, CS)]), ([("...", CS)], []), ([(".hidden", CS)], []),
+    ([("a", CS), ("a", CS)], []), ([("b", CS), ("a", CS)], []),  # duplicates, order: not libostree's concern
+    ([("a", CS[:31])], []), ([("a", CS + b"x")], []), ([("a", b"")], []),
+    ([], [("d", CS[:31], CS)]), ([], [("d", CS, CS[:1])]), ([], [("d", CS, b"")]),
+    ([("\x01ctrl", CS)], []), ([("é€𝄞", CS)], [("é", CS, CS)]),
+])
+def test_crafted_dirtrees(files, dirs):
+    agree(_bytes(GLib.Variant("(a(say)a(sayay))", (files, dirs))), DIRTREE)
+
+
+@pytest.mark.parametrize("mode", [0o040755, 0o040000, 0o047777, 0o041777, 0o100644, 0o120777, 0o060644, 0,
+                                  0o040755 | 0o200000, 0o140755, 0xFFFFFFFF, 0o170755])
+def test_crafted_dirmetas(mode):
+    raw = int.from_bytes(mode.to_bytes(4, "big"), "little")  # stored big-endian, as libostree does
+    agree(_bytes(GLib.Variant("(uuua(ayay))", (0, 0, raw, [(b"user.x\0", b"v")]))), DIRMETA)
+
+
+@pytest.mark.parametrize("parent, root, meta", [
+    (b"", CS, CS), (CS, CS, CS), (CS[:31], CS, CS), (CS + b"x", CS, CS), (b"x", CS, CS),
+    (b"", b"", CS), (b"", CS, b""), (b"", CS[:16], CS), (b"", CS, CS + CS),
+])
+def test_crafted_commits(parent, root, meta):
+    v = GLib.Variant("(a{sv}aya(say)sstayay)", ({"version": GLib.Variant("s", "1")}, parent,
+                                                 [("x", b"\x01")], "subject", "body", 1, root, meta))
+    agree(_bytes(v), COMMIT)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_altered_metadata_is_judged_as_libostree_judges_it(real, data):
+    """A byte changed, bytes cut, added or inserted anywhere in a real dirtree, dirmeta or commit."""
+    _, found, _ = real
+    objtype = data.draw(st.sampled_from(sorted(found)))
+    blob = bytearray(data.draw(st.sampled_from(found[objtype])))
+    for _ in range(data.draw(st.integers(1, 3))):
+        how = data.draw(st.sampled_from(["byte", "cut", "extend", "insert", "delete"]))
+        at = data.draw(st.integers(0, max(len(blob) - 1, 0)))
+        if how == "byte" and blob:
+            blob[at] = data.draw(st.integers(0, 255))
+        elif how == "cut":
+            del blob[at:]
+        elif how == "extend":
+            blob += data.draw(st.binary(min_size=1, max_size=8))
+        elif how == "insert":
+            blob[at:at] = data.draw(st.binary(min_size=1, max_size=4))
+        elif blob:
+            del blob[at:at + data.draw(st.integers(1, 4))]
+    agree(bytes(blob), objtype)
+
+
+_names = st.one_of(st.sampled_from(["", ".", "..", "/", "a/b", "a", "..."]), st.text(max_size=6))
+_sums = st.sampled_from([CS, CS[:31], CS + b"\0", b""])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_names, _sums), max_size=4), st.lists(st.tuples(_names, _sums, _sums), max_size=4))
+def test_generated_dirtrees(files, dirs):
+    files = [(n.replace("\0", ""), c) for n, c in files]  # a GVariant string holds no NUL
+    dirs = [(n.replace("\0", ""), t, m) for n, t, m in dirs]
+    agree(_bytes(GLib.Variant("(a(say)a(sayay))", (files, dirs))), DIRTREE)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 0xFFFFFFFF))
+def test_generated_dirmeta_modes(mode):
+    agree(_bytes(GLib.Variant("(uuua(ayay))", (0, 0, int.from_bytes(mode.to_bytes(4, "big"), "little"), []))),
+          DIRMETA)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.sampled_from(sorted(TYPES)))
+def test_random_bytes(blob, objtype):
+    agree(blob, objtype)
+
+
+def test_a_wrong_checksum_is_refused(real):
+    _, found, _ = real
+    data = found[DIRTREE][0]
+    with pytest.raises(TransferError, match="checksum mismatch"):
+        filerepo.verify_object(data, "0" * 64, DIRTREE)
+    filerepo.verify_object(data, hashlib.sha256(data).hexdigest(), DIRTREE)
+
+
+# -- commits, refs, partial marks: read and written as libostree does --------------------------
+
+
+def _files(path: Path) -> FileRepo:
+    r = FileRepo.open(path, lambda: pytest.fail("FileRepo asked libostree"))
+    assert r is not None
+    return r
+
+
+def test_commits_read_as_libostree_reads_them(real):
+    repo, _, commits = real
+    lib, files = Repo.open(repo), _files(repo)
+    for c in commits:
+        assert files.commit_links(c) == lib.commit_links(c)
+        assert files.ref_binding(c) == lib.ref_binding(c) == ["main"]
+        assert files.has_commit(c) and files.complete_commit(c)
+    for a in commits:
+        for b in commits:
+            assert files.is_ancestor(a, b) == lib.is_ancestor(a, b)
+    assert files.is_ancestor(commits[0], commits[2]) and not files.is_ancestor(commits[2], commits[0])
+    assert not files.is_ancestor("0" * 64, commits[2])
+    assert files.head("main") == lib.head("main") == commits[2]
+    assert files.head("nothing/here") is lib.head("nothing/here") is None
+    assert files.refs() == lib.refs()
+
+
+@pytest.mark.parametrize("binding", [None, GLib.Variant("as", []), GLib.Variant("as", ["a", "b/c"]),
+                                     GLib.Variant("s", "main"), GLib.Variant("av", [GLib.Variant("s", "main")]),
+                                     GLib.Variant("ay", b"main")])
+def test_ref_bindings_of_every_type(tmp_path, binding):
+    repo = tmp_path / "repo"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    meta = {} if binding is None else {"ostree.ref-binding": binding}
+    data = _bytes(GLib.Variant("(a{sv}aya(say)sstayay)", (meta, b"", [], "s", "", 0, CS, CS)))
+    csum = hashlib.sha256(data).hexdigest()
+    (repo / "objects" / csum[:2]).mkdir()
+    (repo / "objects" / csum[:2] / f"{csum[2:]}.commit").write_bytes(data)
+    answers = []
+    for r in (Repo.open(repo), _files(repo)):
+        try:
+            answers.append(r.ref_binding(csum))
+        except ValueError:
+            answers.append("malformed")
+    assert answers[0] == answers[1]
+    assert answers[0] == ("malformed" if binding is not None and binding.get_type_string() != "as" else
+                          None if binding is None else binding.unpack())
+
+
+def test_partial_marks_are_libostree_s(real, tmp_path):
+    repo = tmp_path / "copy"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    src, _, commits = real
+    ostree("pull-local", "--depth=-1", f"--repo={repo}", str(src), "main")
+    files = _files(repo)
+    files.mark_partial(commits[2], True)
+    assert not Repo.open(repo).has_object(commits[2], int(OSTree.ObjectType.COMMIT))  # libostree reads the mark
+    assert not files.complete_commit(commits[2])
+    files.mark_partial(commits[2], True)  # twice: still one mark
+    files.mark_partial(commits[2], False)
+    assert Repo.open(repo).has_object(commits[2], int(OSTree.ObjectType.COMMIT))
+    files.mark_partial(commits[2], False)  # not marked: nothing to do
+    ostree("fsck", f"--repo={repo}")
+
+
+def test_an_unusual_ref_file_is_read_by_libostree(real, tmp_path):
+    repo = tmp_path / "copy"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    src, _, commits = real
+    ostree("pull-local", "--depth=-1", f"--repo={repo}", str(src), "main")
+    (repo / "refs" / "heads" / "main").write_text(f"{commits[1]}\n\n")
+    asked = []
+
+    def fallback() -> Repo:
+        asked.append(True)
+        return Repo.open(repo)
+
+    r = FileRepo.open(repo, fallback)
+    assert r is not None
+    assert r.head("main") == Repo.open(repo).head("main")
+    assert asked
+
+
+@pytest.mark.parametrize("config, plain", [
+    ("[core]\nrepo_version=1\nmode=archive-z2\n", True),
+    ("[core]\nrepo_version=1\nmode=archive\nfsync=false\n", True),
+    ("[core]\nrepo_version=1\nmode=bare-user\n", False),
+    ("[core]\nrepo_version=1\nmode=archive\nfsync=0\n", False),  # GLib reads it; this module does not try
+    ("[core]\nrepo_version=1\nmode = archive\n", False),
+    ("[core]\nrepo_version=1\nmode=archive\nparent=/elsewhere\n", False),
+])
+def test_only_a_plain_repository_is_worked_on_through_its_files(tmp_path, config, plain):
+    repo = tmp_path / "repo"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    (repo / "config").write_text(config)
+    r = FileRepo.open(repo, lambda: pytest.fail("asked libostree"))
+    assert (r is not None) == plain
+    if r is not None:
+        assert r.fsync == ("fsync=false" not in config)
+
+
+def test_remote_refs_need_libostree(real, tmp_path):
+    repo = tmp_path / "copy"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    (repo / "refs" / "remotes" / "origin").mkdir(parents=True)
+    (repo / "refs" / "remotes" / "origin" / "main").write_text(real[2][0] + "\n")
+    assert FileRepo.open(repo, lambda: pytest.fail("asked libostree")) is None
+
+
+# -- the summary ---------------------------------------------------------------------------------
+
+
+def _summary(path: Path) -> tuple[list, dict]:
+    v = GLib.Variant.new_from_bytes(GLib.VariantType.new(filerepo.SUMMARY_TYPE),
+                                    GLib.Bytes.new((path / "summary").read_bytes()), False)
+    refs, extra = v.unpack()
+    extra.pop("ostree.summary.last-modified")
+    return refs, extra
+
+
+def test_the_summary_is_libostree_s(real, tmp_path):
+    """``ostree summary -u`` in the shadow (FileRepo) writes what libostree in-process (Repo)
+    writes, the time it was made aside; and the published generation lists the refs."""
+    src, _, commits = real
+    made = {}
+    for how in ("libostree", "files"):
+        repo = tmp_path / how
+        ostree("init", f"--repo={repo}", "--mode=archive")
+        ostree("pull-local", "--depth=-1", f"--repo={repo}", str(src), "main")
+        ostree("refs", f"--repo={repo}", "--create=other/x86_64", commits[0])
+        work = tmp_path / f"work-{how}"
+        work.mkdir()
+        r = Repo.open(repo) if how == "libostree" else _files(repo)
+        r.publish_summary(work)
+        made[how] = _summary(repo)
+        assert r.summary_refs() == {"main": commits[2], "other/x86_64": commits[0]}
+        assert "main" in ostree("summary", f"--repo={repo}", "--view").stdout
+        assert os.readlink(repo / "summary") == "treeship-summary/current/summary"
+    assert made["libostree"] == made["files"]
