@@ -309,9 +309,69 @@ def _summary(path: Path) -> tuple[list, dict]:
     return refs, extra
 
 
-def test_the_summary_is_libostree_s(real, tmp_path):
-    """``ostree summary -u`` in the shadow (FileRepo) writes what libostree in-process (Repo)
-    writes, the time it was made aside; and the published generation lists the refs."""
+def _twins(tmp_path: Path, src: Path, commits: list[str], config_tail: str = "") -> tuple[Path, Path]:
+    twins = []
+    for name in ("ostree", "ours"):
+        repo = tmp_path / name
+        ostree("init", f"--repo={repo}", "--mode=archive")
+        if config_tail:
+            with open(repo / "config", "a") as f:
+                f.write(config_tail)
+        ostree("pull-local", "--depth=-1", f"--repo={repo}", str(src), "main")
+        ostree("refs", f"--repo={repo}", "--create=other/x86_64", commits[0])
+        ostree("refs", f"--repo={repo}", f"--create={'n' * 200}/{'m' * 200}/long", commits[1])  # 2-byte framing offsets
+        twins.append(repo)
+    return twins[0], twins[1]
+
+
+@pytest.mark.parametrize("config_tail", ["", '\n[remote "origin"]\nurl=http://example.org/\ngpg-verify=false\n',
+                                         'fsync=true\n\n[remote "a"]\nurl=http://example.org/\n'])
+def test_the_summary_written_here_is_libostree_s_byte_for_byte(real, tmp_path, monkeypatch, config_tail):
+    """write_summary (a plain push's receiver) against `ostree summary -u` on a twin repository:
+    the same summary and the same config (libostree adds core.indexed-deltas), given the same
+    clock."""
+    src, _, commits = real
+    theirs, ours = _twins(tmp_path, src, commits, config_tail)
+    ostree("summary", "-u", f"--repo={theirs}")
+    clock = GLib.Variant.new_from_bytes(GLib.VariantType.new(filerepo.SUMMARY_TYPE),
+                                        GLib.Bytes.new((theirs / "summary").read_bytes()), False
+                                        ).unpack()[1]["ostree.summary.last-modified"]
+    monkeypatch.setattr("time.time", lambda: float(int.from_bytes(clock.to_bytes(8, "little"), "big")))
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    for entry in ours.iterdir():
+        (shadow / entry.name).symlink_to(entry)
+    listed = filerepo.write_summary(ours, shadow)
+    assert listed == {"main": commits[2], "other/x86_64": commits[0], f"{'n' * 200}/{'m' * 200}/long": commits[1]}
+    assert (shadow / "summary").read_bytes() == (theirs / "summary").read_bytes()
+    assert not (shadow / "config").is_symlink() and (ours / "config").read_text() != (theirs / "config").read_text()
+    assert (shadow / "config").read_text() == (theirs / "config").read_text()
+    # once the config says so, it is left as it is
+    os.replace(shadow / "config", ours / "config")
+    (shadow / "config").symlink_to(ours / "config")
+    filerepo.write_summary(ours, shadow)
+    assert (shadow / "config").is_symlink()
+
+
+def test_what_only_libostree_should_summarize_is_left_to_it(real, tmp_path):
+    src, _, commits = real
+    _, repo = _twins(tmp_path, src, commits)
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    ostree("static-delta", "generate", f"--repo={repo}", "--from", commits[1], "--to", commits[2])
+    assert filerepo.write_summary(repo, shadow) is None and not (shadow / "summary").exists()
+    for i, tail in enumerate(("collection-id=org.example.Os\n", "tombstone-commits=false\n",
+                              "# GLib puts a key among comments by rules of its own\n",
+                              '\n\n[remote "a"]\nurl=http://example.org/\n')):
+        (tmp_path / str(i)).mkdir()
+        _, repo = _twins(tmp_path / str(i), src, commits, tail)
+        assert filerepo.write_summary(repo, shadow) is None
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_the_published_summary_is_libostree_s(real, tmp_path, delta):
+    """FileRepo and Repo publish the same summary, the time it was made aside (with a static
+    delta, FileRepo leaves it to `ostree summary -u`); the generation lists the refs."""
     src, _, commits = real
     made = {}
     for how in ("libostree", "files"):
@@ -319,12 +379,38 @@ def test_the_summary_is_libostree_s(real, tmp_path):
         ostree("init", f"--repo={repo}", "--mode=archive")
         ostree("pull-local", "--depth=-1", f"--repo={repo}", str(src), "main")
         ostree("refs", f"--repo={repo}", "--create=other/x86_64", commits[0])
+        if delta:
+            ostree("static-delta", "generate", f"--repo={repo}", "--from", commits[1], "--to", commits[2])
         work = tmp_path / f"work-{how}"
         work.mkdir()
         r = Repo.open(repo) if how == "libostree" else _files(repo)
         r.publish_summary(work)
-        made[how] = _summary(repo)
+        made[how] = (_summary(repo), (repo / "config").read_text())
         assert r.summary_refs() == {"main": commits[2], "other/x86_64": commits[0]}
         assert "main" in ostree("summary", f"--repo={repo}", "--view").stdout
         assert os.readlink(repo / "summary") == "treeship-summary/current/summary"
     assert made["libostree"] == made["files"]
+    assert ("ostree.static-deltas" in made["files"][0][1]) == delta
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=300), st.integers(0, 2**64 - 1), st.binary(max_size=40),
+                          st.booleans(), st.integers(0, 2**64 - 1)), max_size=8),
+       st.dictionaries(st.text(max_size=20), st.one_of(st.booleans(), st.integers(0, 2**64 - 1), st.text(max_size=9)),
+                       max_size=5))
+def test_serialize_writes_what_glib_writes(refs, extra):
+    """gvariant.serialize against GLib's own serializer, for the summary's type, with names long
+    enough for 2-byte framing offsets."""
+    from treeship import gvariant
+
+    def typed(value: object) -> tuple[str, object]:
+        return ("b" if isinstance(value, bool) else "t" if isinstance(value, int) else "s", value)
+
+    refs = [(n.replace("\0", ""), (size, csum, {"ostree.commit.version": ("s", n[:3].replace("\0", ""))} if v else {},
+                                   ts)) for n, size, csum, v, ts in refs]
+    refs = [(n, (size, csum, {**meta, "ostree.commit.timestamp": ("t", ts)})) for n, (size, csum, meta, ts) in refs]
+    extra = {k.replace("\0", ""): typed(v.replace("\0", "") if isinstance(v, str) else v) for k, v in extra.items()}
+    glib = GLib.Variant(filerepo.SUMMARY_TYPE, (
+        [(n, (size, csum, {k: GLib.Variant(*x) for k, x in meta.items()})) for n, (size, csum, meta) in refs],
+        {k: GLib.Variant(*x) for k, x in extra.items()}))
+    assert gvariant.serialize(filerepo.SUMMARY_TYPE, (refs, extra)) == _bytes(glib)

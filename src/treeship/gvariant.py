@@ -7,11 +7,18 @@ cores are short of. It still needs GLib's judgement of a received dirtree, dirme
 (is it a GVariant of its type in normal form?) and a few of a commit's fields. That is
 ``libglib-2.0.so.0``, which libostree links against anyway, reached here in about a
 millisecond; nothing of GLib's validation is written again in Python.
+
+Writing is simpler than judging: :func:`serialize` writes the few shapes a summary needs
+in pure Python (GLib's own serializer would need a GVariant built call by call).
 """
 
 from __future__ import annotations
 
 import ctypes
+
+TYPE_CHECKING = False  # not `from typing`: importing typing costs a receiver ~10 ms
+if TYPE_CHECKING:
+    from typing import Any
 
 _glib = ctypes.CDLL("libglib-2.0.so.0")
 _P = ctypes.c_void_p
@@ -104,3 +111,120 @@ def normal(type_string: str, data: bytes) -> Variant | None:
     serialization GLib would write), else None."""
     v = Variant.untrusted(type_string, data)
     return v if v.is_normal_form() else None
+
+
+# -- writing: what a summary needs, in pure Python ---------------------------------------------
+
+def _split(t: str) -> tuple[str, str]:
+    """The first complete type in ``t`` and the rest."""
+    c = t[0]
+    if c == "a":
+        first, rest = _split(t[1:])
+        return "a" + first, rest
+    if c in "({":
+        close = ")" if c == "(" else "}"
+        i, members = 1, []
+        while t[i] != close:
+            m, _ = _split(t[i:])
+            members.append(m)
+            i += len(m)
+        return t[:i + 1], t[i + 1:]
+    return c, t[1:]
+
+
+def _members(t: str) -> list[str]:
+    inner, out = t[1:-1], []
+    while inner:
+        m, inner = _split(inner)
+        out.append(m)
+    return out
+
+
+_FIXED = {"b": 1, "y": 1, "n": 2, "q": 2, "i": 4, "u": 4, "x": 8, "t": 8, "d": 8, "h": 4}
+
+
+def _alignment(t: str) -> int:
+    if t in _FIXED:
+        return _FIXED[t]
+    if t in ("s", "o", "g"):
+        return 1
+    if t == "v":
+        return 8
+    if t[0] == "a":
+        return _alignment(t[1:])
+    return max((_alignment(m) for m in _members(t)), default=1)
+
+
+def _fixed_size(t: str) -> int | None:
+    if t in _FIXED:
+        return _FIXED[t]
+    if t[0] in "({":
+        size = 0
+        for m in _members(t):
+            f = _fixed_size(m)
+            if f is None:
+                return None
+            size += -size % _alignment(m) + f
+        size += -size % _alignment(t)
+        return size or 1
+    return None
+
+
+def _offset_size(body: int, n: int) -> int:
+    for w, limit in ((1, 0xFF), (2, 0xFFFF), (4, 0xFFFFFFFF)):
+        if body + w * n <= limit:
+            return w
+    return 8
+
+
+def serialize(t: str, value: Any) -> bytes:
+    """``value`` as GLib serializes a GVariant of type ``t`` (gvariant-serialiser.c; checked
+    against GLib in tests/test_filerepo.py): numbers little-endian, containers padded to
+    their members' alignment, framing offsets as small as the container allows. Python
+    values: int, bool, str, bytes (``ay``), lists and tuples, dicts (``a{..}``), and
+    ``(type, value)`` for a ``v``."""
+    if t in _FIXED:
+        if t == "b":
+            return b"\1" if value else b"\0"
+        return int(value).to_bytes(_FIXED[t], "little", signed=t in "nixh")
+    if t in ("s", "o", "g"):
+        return str(value).encode() + b"\0"
+    if t == "v":
+        vt, inner = value
+        return serialize(vt, inner) + b"\0" + vt.encode()
+    if t[0] == "a":
+        et = t[1:]
+        if et[0] == "{":
+            items = list(value.items()) if isinstance(value, dict) else list(value)
+        else:
+            items = list(value)
+        if et == "y":
+            return bytes(items)
+        fixed = _fixed_size(et)
+        align = _alignment(et)
+        out = bytearray()
+        ends = []
+        for item in items:
+            out += bytes(-len(out) % align)
+            out += serialize(et, item)
+            ends.append(len(out))
+        if fixed is not None or not items:
+            return bytes(out)
+        w = _offset_size(len(out), len(ends))
+        return bytes(out) + b"".join(e.to_bytes(w, "little") for e in ends)
+    members = _members(t)
+    out = bytearray()
+    ends = []
+    for i, (m, v) in enumerate(zip(members, value, strict=True)):
+        out += bytes(-len(out) % _alignment(m))
+        out += serialize(m, v)
+        if _fixed_size(m) is None and i < len(members) - 1:
+            ends.append(len(out))
+    fixed = _fixed_size(t)
+    if fixed is not None:
+        out += bytes(-len(out) % _alignment(t))
+        return bytes(out) or b"\0"
+    if not ends:
+        return bytes(out)
+    w = _offset_size(len(out), len(ends))
+    return bytes(out) + b"".join(e.to_bytes(w, "little") for e in reversed(ends))

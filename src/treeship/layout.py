@@ -171,7 +171,7 @@ def _existing(directory: str) -> frozenset[str] | None:
         return None
 
 
-def _has_entries(directory: Path) -> bool | None:
+def has_entries(directory: Path) -> bool | None:
     """Whether ``directory`` holds anything; None where it cannot be listed (or is not there)."""
     try:
         with os.scandir(directory) as entries:
@@ -183,12 +183,12 @@ def _has_entries(directory: Path) -> bool | None:
 def holds_no_objects(path: str | os.PathLike[str]) -> bool:
     """Whether ``objects/`` has no entry at all: a repository nothing was ever committed or
     pushed into (not even half a push: that leaves objects/XX directories)."""
-    return _has_entries(Path(path, "objects")) is False
+    return has_entries(Path(path, "objects")) is False
 
 
 def remote_refs_present(path: str | os.PathLike[str]) -> bool:
     """Whether refs/remotes holds anything (then libostree lists those refs too)."""
-    return _has_entries(Path(path, "refs", "remotes")) is True
+    return has_entries(Path(path, "refs", "remotes")) is True
 
 
 def refs_digest(refs: dict[str, str]) -> str:
