@@ -182,6 +182,30 @@ def test_random_bytes(blob, objtype):
     agree(blob, objtype)
 
 
+def test_signatures_and_unknown_types(real):
+    """A .commitmeta is any a{sv} in normal form (its signatures are checked where they are
+    used); a type that is no object is refused, not a crash."""
+    good = _bytes(GLib.Variant("a{sv}", {"ostree.gpgsigs": GLib.Variant("aay", [b"sig"])}))
+    filerepo.verify_object(good, hashlib.sha256(good).hexdigest(), 6)
+    bad = good[:-1]
+    with pytest.raises(TransferError, match="not in normal form"):
+        filerepo.verify_object(bad, hashlib.sha256(bad).hexdigest(), 6)
+    with pytest.raises(TransferError, match="unknown object type"):
+        filerepo.verify_object(good, hashlib.sha256(good).hexdigest(), 5)
+
+
+def test_variants_refuse_what_glib_would_abort_on():
+    """GLib aborts the process on n_children of a string or get_variant of a non-variant: the
+    wrapper raises instead."""
+    from treeship import gvariant
+
+    v = gvariant.normal("s", b"abc\0")
+    assert v is not None and v.string() == "abc"
+    for ask in (len, lambda x: x.child(0), lambda x: x.unboxed(), lambda x: x.lookup("k")):
+        with pytest.raises(TypeError):
+            ask(v)
+
+
 def test_a_wrong_checksum_is_refused(real):
     _, found, _ = real
     data = found[DIRTREE][0]
@@ -279,6 +303,9 @@ def test_an_unusual_ref_file_is_read_by_libostree(real, tmp_path):
     ("[core]\nrepo_version=1\nmode=archive\nfsync=0\n", False),  # GLib reads it; this module does not try
     ("[core]\nrepo_version=1\nmode = archive\n", False),
     ("[core]\nrepo_version=1\nmode=archive\nparent=/elsewhere\n", False),
+    ("[core]\nrepo_version=2\nmode=archive\n", False),  # libostree refuses to open it: it says why
+    ("[core]\nrepo_version=1\nmode=bare-user\nx=y\x1cmode=archive\n", False),  # GLib's lines end at \n alone
+    ("[core]\r\nrepo_version=1\r\nmode=archive\r\n", False),
 ])
 def test_only_a_plain_repository_is_worked_on_through_its_files(tmp_path, config, plain):
     repo = tmp_path / "repo"

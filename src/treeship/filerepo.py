@@ -40,7 +40,7 @@ _HEX64B = re.compile(rb"[0-9a-f]{64}\Z")
 _SUFFIX = {closure.FILE: "filez", closure.DIRTREE: "dirtree", closure.DIRMETA: "dirmeta", closure.COMMIT: "commit",
            6: "commitmeta"}
 _METADATA = {closure.DIRTREE: "(a(say)a(sayay))", closure.DIRMETA: "(uuua(ayay))",
-             closure.COMMIT: "(a{sv}aya(say)sstayay)"}
+             closure.COMMIT: "(a{sv}aya(say)sstayay)", 6: "a{sv}"}  # 6: commitmeta, a normal a{sv}
 SUMMARY_TYPE = "(a(s(taya{sv}))a{sv})"
 _PERMISSION_BITS = stat.S_IFMT(0o170000) | 0o7777  # libostree's validate_stat_mode_perms: nothing else
 
@@ -56,6 +56,8 @@ def verify_object(src: bytes | Path, checksum: str, objtype: int, max_size: int 
     if objtype == closure.FILE:
         objects.verify_content(src, checksum, max_size)
         return
+    if objtype not in _METADATA:
+        raise TransferError(f"object {checksum}: unknown object type {objtype}")
     data = src.read_bytes() if isinstance(src, Path) else src
     got = hashlib.sha256(data).hexdigest()
     if got != checksum:
@@ -98,6 +100,8 @@ def _structure_fault(v: object, data: bytes, objtype: int) -> str:
         if mode & ~_PERMISSION_BITS:
             return f"directory metadata mode {mode:o} has bits beyond the permissions"
         return ""
+    if objtype != closure.COMMIT:
+        return ""  # a commitmeta: any a{sv} in normal form (its signatures are checked where used)
     parent = v.child(1).data()  # type: ignore[attr-defined]
     if parent and len(parent) != 32:
         return "the parent checksum is not 32 bytes"
@@ -127,8 +131,9 @@ class FileRepo:
         """The repository through its files, or None where libostree must be asked: not an
         archive repository, a parent repository, a config ostree would not write, remote refs."""
         core = layout.core_config(path)
-        if core is None or layout.mode(path, core) != "archive" or layout.remote_refs_present(path):
-            return None
+        if core is None or core.get("repo_version") != "1" or layout.mode(path, core) != "archive" or \
+                layout.remote_refs_present(path):
+            return None  # (libostree opens version 1 only: it says so for any other)
         fsync = core.get("fsync", "true")
         if fsync not in ("true", "false"):
             return None
@@ -301,7 +306,7 @@ def write_summary(repo: Path, shadow: Path, fsync: bool = True) -> dict[str, str
     from . import gvariant
 
     core = layout.core_config(repo)
-    if core is None or layout.mode(repo, core) != "archive" or \
+    if core is None or core.get("repo_version") != "1" or layout.mode(repo, core) != "archive" or \
             any(k in core for k in ("collection-id", "tombstone-commits")):
         return None
     if any(layout.has_entries(repo / d) for d in ("deltas", "delta-indexes", "refs/mirrors", "refs/remotes")):
@@ -310,7 +315,7 @@ def write_summary(repo: Path, shadow: Path, fsync: bool = True) -> dict[str, str
     if core.get("indexed-deltas") != "true":
         if "indexed-deltas" in core:
             return None
-        config = _with_indexed_deltas((repo / "config").read_text())
+        config = _with_indexed_deltas((repo / "config").read_bytes().decode())
         if config is None:
             return None
     heads = layout.heads(repo)

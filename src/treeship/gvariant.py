@@ -53,7 +53,7 @@ class Variant:
         self._ptr = ptr
 
     def __del__(self) -> None:
-        if self._ptr:
+        if self._ptr and _glib is not None:  # (None: the interpreter is tearing the module down)
             _glib.g_variant_unref(self._ptr)
             self._ptr = None
 
@@ -76,6 +76,8 @@ class Variant:
         return _glib.g_variant_get_type_string(self._ptr).decode()
 
     def __len__(self) -> int:
+        if self.type_string[0] not in "a({":  # GLib aborts the process when asked otherwise
+            raise TypeError(f"a GVariant of type {self.type_string} has no children")
         return _glib.g_variant_n_children(self._ptr)
 
     def child(self, i: int) -> Variant:
@@ -94,10 +96,14 @@ class Variant:
 
     def unboxed(self) -> Variant:
         """A ``v``'s value."""
+        if self.type_string != "v":  # GLib aborts the process when asked otherwise
+            raise TypeError(f"a GVariant of type {self.type_string} holds no variant")
         return Variant(_glib.g_variant_get_variant(self._ptr))
 
     def lookup(self, key: str) -> Variant | None:
         """In an ``a{sv}``: the value under ``key`` (unboxed), or None."""
+        if self.type_string != "a{sv}":
+            raise TypeError(f"a GVariant of type {self.type_string} is no a{{sv}}")
         ptr = _glib.g_variant_lookup_value(self._ptr, key.encode(), None)
         return Variant(ptr) if ptr else None
 

@@ -33,6 +33,7 @@ def plainly_valid_branch(name: str) -> bool:
     return bool(_ASCII_REF.match(name)) and ".." not in name.split("/")
 
 
+_OTHER_LINE_BREAKS = re.compile("[\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 _KEY_LINE = re.compile(r"([A-Za-z0-9_.-]+)=(\S(?:.*\S)?)?\Z")
 
 
@@ -45,12 +46,14 @@ def core_config(path: str | os.PathLike[str]) -> dict[str, str] | None:
     configparser would not match exactly.
     """
     try:
-        text = Path(path, "config").read_text()
+        text = Path(path, "config").read_bytes().decode()  # not read_text: it would turn "\r\n" into "\n"
     except (OSError, UnicodeDecodeError):
         return None
+    if _OTHER_LINE_BREAKS.search(text):
+        return None  # GLib ends lines at "\n" alone; str.splitlines would also end them at these
     group = None
     core: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):
         if not line or line.startswith("#"):
             continue
         if line.startswith("[") and line.endswith("]") and "[" not in line[1:] and "]" not in line[:-1]:
