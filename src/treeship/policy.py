@@ -31,7 +31,6 @@ summary regenerated unsigned. Globs are shell-style (``*`` also matches ``/``).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -59,37 +58,55 @@ def matches(name: str, globs: list[str]) -> bool:
     return any(fnmatchcase(name, g) for g in globs)
 
 
-@dataclass
+# Plain classes, not dataclasses: importing dataclasses costs the receiver ~6 ms before it can
+# answer HELLO, on every push (see wire.Frame). Records all the same: fields set once, by load().
+
+
 class KeyRule:
-    branches: list[str]
-    force: list[str] = field(default_factory=list)
+    __slots__ = ("branches", "force")
+
+    def __init__(self, branches: list[str], force: list[str] | None = None) -> None:
+        self.branches = branches
+        self.force = force if force is not None else []
 
 
-@dataclass
 class SignatureRule:
-    branches: list[str]
-    gpg_keyring: str | None = None
-    gpg_homedir: str | None = None
-    ed25519_keys: list[str] = field(default_factory=list)
+    __slots__ = ("branches", "gpg_keyring", "gpg_homedir", "ed25519_keys")
+
+    def __init__(self, branches: list[str], gpg_keyring: str | None = None, gpg_homedir: str | None = None,
+                 ed25519_keys: list[str] | None = None) -> None:
+        self.branches = branches
+        self.gpg_keyring = gpg_keyring
+        self.gpg_homedir = gpg_homedir
+        self.ed25519_keys = ed25519_keys if ed25519_keys is not None else []
 
 
-@dataclass
 class SummarySigning:
-    gpg_sign: list[str] = field(default_factory=list)
-    gpg_homedir: str | None = None
-    ed25519_secret: str | None = None
+    __slots__ = ("gpg_sign", "gpg_homedir", "ed25519_secret")
+
+    def __init__(self, gpg_sign: list[str] | None = None, gpg_homedir: str | None = None,
+                 ed25519_secret: str | None = None) -> None:
+        self.gpg_sign = gpg_sign if gpg_sign is not None else []
+        self.gpg_homedir = gpg_homedir
+        self.ed25519_secret = ed25519_secret
 
 
-@dataclass
 class Policy:
-    protected: list[str] = field(default_factory=list)
-    max_object_size: int = 4 << 30
-    max_push_size: int = 64 << 30
-    keys: dict[str, KeyRule] | None = None  # None: any key, any branch
-    signatures: list[SignatureRule] = field(default_factory=list)
-    summary: SummarySigning = field(default_factory=SummarySigning)
-    deltas: bool = False
-    source: str = "(built-in default)"
+    __slots__ = ("protected", "max_object_size", "max_push_size", "keys", "signatures", "summary", "deltas",
+                 "source")
+
+    def __init__(self, protected: list[str] | None = None, max_object_size: int = 4 << 30,
+                 max_push_size: int = 64 << 30, keys: dict[str, KeyRule] | None = None,
+                 signatures: list[SignatureRule] | None = None, summary: SummarySigning | None = None,
+                 deltas: bool = False, source: str = "(built-in default)") -> None:
+        self.protected = protected if protected is not None else []
+        self.max_object_size = max_object_size
+        self.max_push_size = max_push_size
+        self.keys = keys  # None: any key, any branch
+        self.signatures = signatures if signatures is not None else []
+        self.summary = summary if summary is not None else SummarySigning()
+        self.deltas = deltas
+        self.source = source
 
     def may_write(self, key_id: str | None, branch: str) -> str | None:
         """None if ``key_id`` may update ``branch``, else the reason it may not."""

@@ -14,14 +14,12 @@ import errno
 import fcntl
 import os
 import re
-import shutil
 import stat
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__, layout, trace
@@ -52,13 +50,20 @@ TMP_PREFIX = "treeship-receive-"
 _BOOT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-@dataclass
 class Update:
-    ref: str
-    old: str | None  # what the pusher saw on the receiver
-    new: str | None  # None: delete
-    status: str = "ok"  # ok | rejected | uptodate
-    reason: str = ""
+    """One ref update of a push. (A plain class, not a dataclass: see wire.Frame.)"""
+
+    __slots__ = ("new", "old", "reason", "ref", "status")
+
+    def __init__(self, ref: str, old: str | None, new: str | None, status: str = "ok", reason: str = "") -> None:
+        self.ref = ref
+        self.old = old  # what the pusher saw on the receiver
+        self.new = new  # None: delete
+        self.status = status  # ok | rejected | uptodate
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Update({self.to_dict()!r})"
 
     def to_dict(self) -> dict[str, Any]:
         return {"ref": self.ref, "old": self.old, "new": self.new, "status": self.status, "reason": self.reason}
@@ -774,6 +779,8 @@ class _SessionDir:
         return self.path
 
     def __exit__(self, *exc: object) -> None:
+        import shutil  # here: importing it costs the receiver ~2 ms before HELLO
+
         shutil.rmtree(self.path, ignore_errors=True)
         self._lock.close()
 
@@ -803,6 +810,8 @@ class _SessionDir:
                         from ..objects import adopt_staged
 
                         adopt_staged(self.root.parent, d / "objects", self.max_size)
+                    import shutil
+
                     shutil.rmtree(d, ignore_errors=True)
             except OSError:
                 continue  # in use by a live session (or, adopting, a file system error: swept next time)

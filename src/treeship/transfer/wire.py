@@ -15,7 +15,6 @@ import json
 import os
 import select
 import struct
-from dataclasses import dataclass
 
 from ..errors import StorageError, TransferError
 
@@ -68,10 +67,18 @@ def widen_pipe(fd: int) -> None:
         pass
 
 
-@dataclass
 class Frame:
-    type: bytes
-    payload: bytes
+    """One frame as read: its type and payload. (A plain class, not a dataclass: importing
+    dataclasses costs the receiver ~6 ms before it can answer HELLO, on every push.)"""
+
+    __slots__ = ("type", "payload")
+
+    def __init__(self, type: bytes, payload: bytes) -> None:  # noqa: A002 - the frame's type, as on the wire
+        self.type = type
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"Frame({self.type!r}, {self.payload[:40]!r}{'…' if len(self.payload) > 40 else ''})"
 
     def json(self) -> dict[str, Any]:
         try:
