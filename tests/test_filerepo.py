@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import gi
@@ -22,7 +25,7 @@ from gi.repository import GLib, OSTree  # noqa: E402
 
 from conftest import ostree  # noqa: E402
 from treeship import filerepo  # noqa: E402
-from treeship.errors import TransferError  # noqa: E402
+from treeship.errors import StorageError, TransferError  # noqa: E402
 from treeship.filerepo import FileRepo  # noqa: E402
 from treeship.repo import Repo  # noqa: E402
 
@@ -389,10 +392,57 @@ def test_what_only_libostree_should_summarize_is_left_to_it(real, tmp_path):
     assert filerepo.write_summary(repo, shadow) is None and not (shadow / "summary").exists()
     for i, tail in enumerate(("collection-id=org.example.Os\n", "tombstone-commits=false\n",
                               "# GLib puts a key among comments by rules of its own\n",
-                              '\n\n[remote "a"]\nurl=http://example.org/\n')):
+                              '\n\n[remote "a"]\nurl=http://example.org/\n',  # libostree redoes blank lines
+                              '\n[remote "a"]\nurl=http://example.org/\n[remote "b"]\nurl=http://b/\n',
+                              '\n[remote "a"]\n# a comment libostree drops\nurl=http://example.org/\n')):
         (tmp_path / str(i)).mkdir()
         _, repo = _twins(tmp_path / str(i), src, commits, tail)
         assert filerepo.write_summary(repo, shadow) is None
+    (tmp_path / "top").mkdir()
+    _, repo = _twins(tmp_path / "top", src, commits)
+    (repo / "config").write_text("# a comment before [core]\n" + (repo / "config").read_text())
+    assert filerepo.write_summary(repo, shadow) is None
+    # a name libostree does not take for a ref (an editor's backup): it leaves it out of the summary
+    (tmp_path / "backup").mkdir()
+    _, repo = _twins(tmp_path / "backup", src, commits)
+    shutil.copy(repo / "refs" / "heads" / "main", repo / "refs" / "heads" / "main.bak~")
+    assert filerepo.write_summary(repo, shadow) is None
+
+
+def test_the_mode_is_published_as_the_config_spells_it(real, tmp_path, monkeypatch):
+    src, _, commits = real
+    theirs, ours = _twins(tmp_path, src, commits)
+    for repo in (theirs, ours):
+        (repo / "config").write_text((repo / "config").read_text().replace("mode=archive-z2", "mode=archive"))
+    ostree("summary", "-u", f"--repo={theirs}")
+    clock = GLib.Variant.new_from_bytes(GLib.VariantType.new(filerepo.SUMMARY_TYPE),
+                                        GLib.Bytes.new((theirs / "summary").read_bytes()), False
+                                        ).unpack()[1]["ostree.summary.last-modified"]
+    monkeypatch.setattr("time.time", lambda: float(int.from_bytes(clock.to_bytes(8, "little"), "big")))
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    for entry in ours.iterdir():
+        (shadow / entry.name).symlink_to(entry)
+    assert filerepo.write_summary(ours, shadow) is not None
+    assert (shadow / "summary").read_bytes() == (theirs / "summary").read_bytes()
+
+
+def test_the_summary_waits_for_libostree_s_repository_lock(real, tmp_path):
+    """An `ostree` command holding the repository's lock (a record lock on .lock) is waited for."""
+    src, _, commits = real
+    _, repo = _twins(tmp_path, src, commits)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
+                               "fcntl.lockf(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+                               str(repo / ".lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StorageError, match="locked"), filerepo._repository_lock(repo, timeout=0.2):
+            pass
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    with filerepo._repository_lock(repo, timeout=5):
+        pass
 
 
 @pytest.mark.parametrize("delta", [False, True])

@@ -69,6 +69,9 @@ def _heads_case(tmp_path: Path, make) -> Path:
     ("link to a directory", lambda h: ((h / "real").mkdir(), (h / "real" / "x").write_text(C),
                                        os.symlink("real", h / "odd")), None),
     ("fifo", lambda h: ((h / "main").write_text(C + "\n"), os.mkfifo(h / "odd")), None),  # would block a read
+    # names libostree does not take for refs, and skips: an editor's backup, a hidden file
+    ("backup", lambda h: ((h / "main").write_text(C + "\n"), (h / "main.bak~").write_text(C + "\n")), None),
+    ("hidden", lambda h: ((h / ".d").mkdir(), (h / ".d" / "x").write_text(C + "\n")), None),
 ])
 def test_heads_are_what_ostree_wrote_or_unknown(tmp_path, name, make, expected):
     assert layout.heads(_heads_case(tmp_path, make)) == expected

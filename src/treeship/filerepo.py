@@ -24,7 +24,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from . import closure, layout, objects
@@ -280,7 +280,8 @@ class FileRepo:
         from . import generations
 
         def regenerate(shadow: Path) -> dict[str, str] | None:
-            listed = write_summary(self.path, shadow, self.fsync)
+            with _repository_lock(self.path):  # as libostree's regenerate_summary takes it
+                listed = write_summary(self.path, shadow, self.fsync)
             if listed is not None:
                 return listed
             ostree = shutil.which("ostree")
@@ -339,23 +340,59 @@ def write_summary(repo: Path, shadow: Path, fsync: bool = True) -> dict[str, str
         refs.append((name, (len(data), bytes.fromhex(heads[name]), meta)))
     import time
 
-    extra = {"ostree.summary.mode": ("s", "archive-z2"),  # in libostree's order (its hash table's)
+    extra = {"ostree.summary.mode": ("s", core["mode"]),  # as the config says it; in libostree's order
              "ostree.summary.last-modified": ("t", int.from_bytes(int(time.time()).to_bytes(8, "big"), "little")),
              "ostree.summary.tombstone-commits": ("b", False), "ostree.summary.indexed-deltas": ("b", True)}
-    write = replace_file if fsync else _replace_unflushed
-    if config is not None:
-        write(shadow / "config", config.encode(), shadow)  # the shadow's own file, not the repository's
+    if config is not None:  # the shadow's own file, not the repository's; flushed whatever core.fsync says
+        replace_file(shadow / "config", config.encode(), shadow)
+    write = replace_file if fsync else _replace_unflushed  # as libostree writes the summary
     write(shadow / "summary", gvariant.serialize(SUMMARY_TYPE, (refs, extra)), shadow)
     return dict(heads)
 
 
+@contextlib.contextmanager
+def _repository_lock(path: Path, timeout: float = 300.0) -> Iterator[None]:
+    """libostree's exclusive repository lock (a record lock on ``.lock``; its OFD locks and
+    these exclude each other), so that an ``ostree prune`` or ``static-delta generate`` run
+    meanwhile is not half seen; waited for as long as libostree's default lock timeout."""
+    import fcntl
+    import time
+
+    try:
+        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+    except OSError as e:
+        raise StorageError(f"{path}: opening the repository lock: {e.strerror}") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise StorageError(f"{path}: taking the repository lock: {e.strerror}") from None
+                if time.monotonic() >= deadline:
+                    raise StorageError(f"{path}: the repository has been locked for {timeout:.0f} s "
+                                       "(an ostree command running on it?)") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
 def _with_indexed_deltas(text: str) -> str | None:
-    """The config with ``indexed-deltas=true`` as GLib's key file adds it: after the last key
-    of ``[core]``. None where ``[core]`` is not just keys (and one blank line before the next
-    group): GLib places a key among comments, and rewrites blank lines, by rules of its own."""
+    """The config with ``indexed-deltas=true`` as libostree rewrites it: after the last key of
+    ``[core]``. None unless the config is already as GLib's key file writes one (groups of
+    ``key=value`` lines, one blank line before each group but the first, no comments):
+    libostree's rewrite drops comments and redoes blank lines by GLib's rules."""
     lines = text.split("\n")
-    if not text.endswith("\n") or lines.count("[core]") != 1:
+    if not text.endswith("\n") or lines.count("[core]") != 1 or not lines[0].startswith("["):
         return None
+    for i, line in enumerate(lines[:-1]):
+        is_group = line.startswith("[") and line.endswith("]")
+        if line.startswith("#") or (not line and not lines[i + 1].startswith("[")) or \
+                (is_group and i > 0 and lines[i - 1]) or not (is_group or not line or "=" in line):
+            return None
     start = lines.index("[core]") + 1
     end = next((i for i in range(start, len(lines)) if lines[i].startswith("[")), len(lines))
     keys = end - 1  # the group's keys, then one blank line (before the next group, or the final newline's)

@@ -99,6 +99,8 @@ def heads(path: str | os.PathLike[str]) -> dict[str, str] | None:
                 continue
             if not (e.is_file(follow_symlinks=False) or (e.is_symlink() and os.path.isfile(e.path))):
                 return False  # a FIFO would block a read; a link to a directory libostree refuses
+            if not plainly_valid_branch(name):
+                return False  # libostree skips a name it does not take for a ref (`main.bak~`): it knows
             try:
                 with open(e.path, "rb") as f:
                     raw = f.read(66)
