@@ -354,14 +354,9 @@ def _twins(tmp_path: Path, src: Path, commits: list[str], config_tail: str = "")
     return twins[0], twins[1]
 
 
-@pytest.mark.parametrize("config_tail", ["", '\n[remote "origin"]\nurl=http://example.org/\ngpg-verify=false\n',
-                                         'fsync=true\n\n[remote "a"]\nurl=http://example.org/\n'])
-def test_the_summary_written_here_is_libostree_s_byte_for_byte(real, tmp_path, monkeypatch, config_tail):
-    """write_summary (a plain push's receiver) against `ostree summary -u` on a twin repository:
-    the same summary and the same config (libostree adds core.indexed-deltas), given the same
-    clock."""
-    src, _, commits = real
-    theirs, ours = _twins(tmp_path, src, commits, config_tail)
+def _summarize_both(theirs: Path, ours: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`ostree summary -u` in ``theirs``; the clock set to the time it wrote; a shadow of
+    ``ours`` (as generations.publish makes one) for write_summary."""
     ostree("summary", "-u", f"--repo={theirs}")
     clock = GLib.Variant.new_from_bytes(GLib.VariantType.new(filerepo.SUMMARY_TYPE),
                                         GLib.Bytes.new((theirs / "summary").read_bytes()), False
@@ -371,6 +366,18 @@ def test_the_summary_written_here_is_libostree_s_byte_for_byte(real, tmp_path, m
     shadow.mkdir()
     for entry in ours.iterdir():
         (shadow / entry.name).symlink_to(entry)
+    return shadow
+
+
+@pytest.mark.parametrize("config_tail", ["", '\n[remote "origin"]\nurl=http://example.org/\ngpg-verify=false\n',
+                                         'fsync=true\n\n[remote "a"]\nurl=http://example.org/\n'])
+def test_the_summary_written_here_is_libostree_s_byte_for_byte(real, tmp_path, monkeypatch, config_tail):
+    """write_summary (a plain push's receiver) against `ostree summary -u` on a twin repository:
+    the same summary and the same config (libostree adds core.indexed-deltas), given the same
+    clock."""
+    src, _, commits = real
+    theirs, ours = _twins(tmp_path, src, commits, config_tail)
+    shadow = _summarize_both(theirs, ours, tmp_path, monkeypatch)
     listed = filerepo.write_summary(ours, shadow)
     assert listed == {"main": commits[2], "other/x86_64": commits[0], f"{'n' * 200}/{'m' * 200}/long": commits[1]}
     assert (shadow / "summary").read_bytes() == (theirs / "summary").read_bytes()
@@ -414,15 +421,7 @@ def test_the_mode_is_published_as_the_config_spells_it(real, tmp_path, monkeypat
     theirs, ours = _twins(tmp_path, src, commits)
     for repo in (theirs, ours):
         (repo / "config").write_text((repo / "config").read_text().replace("mode=archive-z2", "mode=archive"))
-    ostree("summary", "-u", f"--repo={theirs}")
-    clock = GLib.Variant.new_from_bytes(GLib.VariantType.new(filerepo.SUMMARY_TYPE),
-                                        GLib.Bytes.new((theirs / "summary").read_bytes()), False
-                                        ).unpack()[1]["ostree.summary.last-modified"]
-    monkeypatch.setattr("time.time", lambda: float(int.from_bytes(clock.to_bytes(8, "little"), "big")))
-    shadow = tmp_path / "shadow"
-    shadow.mkdir()
-    for entry in ours.iterdir():
-        (shadow / entry.name).symlink_to(entry)
+    shadow = _summarize_both(theirs, ours, tmp_path, monkeypatch)
     assert filerepo.write_summary(ours, shadow) is not None
     assert (shadow / "summary").read_bytes() == (theirs / "summary").read_bytes()
 
