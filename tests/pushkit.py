@@ -119,6 +119,14 @@ def partial_commits(repo: Path) -> set[str]:
     return {p.name.removesuffix(".commitpartial") for p in (repo / "state").glob("*.commitpartial")}
 
 
+def receiver_loaded_libostree(trace: Path) -> bool:
+    """Whether the receiver's process imported treeship.repo (it marks the trace: repo/core.py)."""
+    lines = [line.split(" ", 2) for line in trace.read_text().splitlines()]
+    receivers = {pid for _, pid, phase in lines if phase == "receiver: started"}
+    assert receivers
+    return any(pid in receivers and phase == "libostree loaded" for _, pid, phase in lines)
+
+
 def refs_complete(repo: Path) -> None:
     """No ref points at an incomplete commit: not marked partial, and every object of its tree loads.
 

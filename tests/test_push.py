@@ -35,6 +35,7 @@ from pushkit import (
     objects,
     push,
     receive,
+    receiver_loaded_libostree,
     refs,
     release,
     tree_objects,
@@ -133,14 +134,6 @@ def test_a_first_push_into_an_empty_repository_sends_all_without_asking(treeship
     assert out["ok"] and 0 < out["objects_sent"] < len(tree_objects(local, other)) + 1
     fsck(dest)
     assert refs(dest) == {BRANCH: commit, "other/x86_64": other}
-
-
-def receiver_loaded_libostree(trace: Path) -> bool:
-    """Whether the receiver's process imported treeship.repo (it marks the trace: repo/core.py)."""
-    lines = [line.split(" ", 2) for line in trace.read_text().splitlines()]
-    receivers = {pid for _, pid, phase in lines if phase == "receiver: started"}
-    assert receivers
-    return any(pid in receivers and phase == "libostree loaded" for _, pid, phase in lines)
 
 
 def test_a_plain_push_never_loads_libostree(treeship, sshd, tmp_path, ed25519_key):

@@ -23,6 +23,7 @@ from pushkit import (
     no_session_leftovers,
     ostree,
     partial_commits,
+    receiver_loaded_libostree,
     refs,
     refs_complete,
     release,
@@ -30,13 +31,6 @@ from pushkit import (
 )
 
 STRACE = shutil.which("strace")
-
-
-def _receiver_loaded_libostree(trace: Path) -> bool:
-    lines = [line.split(" ", 2) for line in trace.read_text().splitlines()]
-    receivers = {pid for _, pid, phase in lines if phase == "receiver: started"}
-    assert receivers
-    return any(pid in receivers and phase == "libostree loaded" for _, pid, phase in lines)
 
 
 @pytest.mark.skipif(not STRACE, reason="strace is not installed")
@@ -67,7 +61,7 @@ def test_a_plain_push_killed_after_its_last_byte(treeship, sshd, tmp_path: Path,
     p = push(killed, rc=None)
 
     assert p.returncode == 11 and p.stderr.startswith("treeship: error: "), p.stderr
-    assert not _receiver_loaded_libostree(trace)  # it was the plain path that was killed
+    assert not receiver_loaded_libostree(trace)  # it was the plain path that was killed
     assert "receiver: objects received" in trace.read_text()  # after the last byte
     fsck(repo)
     assert refs(repo) == {BRANCH: first}
