@@ -8,9 +8,9 @@ a plain push's receiver). Each provides the three readers of :class:`Trees`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from . import layout
+from . import layout, objects
 from .errors import RepoError
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs a receiver ~10 ms
@@ -31,6 +31,24 @@ if TYPE_CHECKING:
 
 # OSTree's object types (OstreeObjectType), as the wire and libostree number them
 FILE, DIRTREE, DIRMETA, COMMIT = 1, 2, 3, 4
+
+
+def read_dirtree(path: str | os.PathLike[str], checksum: str, elsewhere: Callable[[str], bytes | None] | None = None
+                 ) -> tuple[list[tuple[bytes, str]], list[tuple[bytes, str, str]]] | None:
+    """A dirtree's files and subdirectories (objects.parse_dirtree), read from the objects/
+    of the repository at ``path`` or, where it is not there, from ``elsewhere(checksum)``
+    (None: not there either); None if it is nowhere. RepoError if it does not parse."""
+    try:
+        with open(f"{path}/objects/{layout.object_relpath(checksum, 'dirtree')}", "rb") as f:
+            data: bytes | None = f.read()
+    except FileNotFoundError:
+        data = elsewhere(checksum) if elsewhere is not None else None
+        if data is None:
+            return None
+    try:
+        return objects.parse_dirtree(data)
+    except ValueError as e:
+        raise RepoError(f"{path}: dirtree {checksum}: {e}") from None
 
 
 class MissingTree(Exception):

@@ -34,6 +34,7 @@ TYPE_CHECKING = False  # not `from typing`: importing typing costs a receiver ~1
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+    from . import gvariant
     from .repo import Repo
 
 _HEX64B = re.compile(rb"[0-9a-f]{64}\Z")
@@ -82,7 +83,7 @@ def validate_metadata(data: bytes, checksum: str, objtype: int) -> None:
         raise TransferError(f"object {name}: invalid: {why}")
 
 
-def _structure_fault(v: object, data: bytes, objtype: int) -> str:
+def _structure_fault(v: gvariant.Variant, data: bytes, objtype: int) -> str:
     """What libostree's structure rules refuse in a metadata object in normal form ("" if nothing)."""
     if objtype == closure.DIRTREE:
         try:
@@ -102,12 +103,40 @@ def _structure_fault(v: object, data: bytes, objtype: int) -> str:
         return ""
     if objtype != closure.COMMIT:
         return ""  # a commitmeta: any a{sv} in normal form (its signatures are checked where used)
-    parent = v.child(1).data()  # type: ignore[attr-defined]
+    parent = v.child(1).data()
     if parent and len(parent) != 32:
         return "the parent checksum is not 32 bytes"
-    if len(v.child(6).data()) != 32 or len(v.child(7).data()) != 32:  # type: ignore[attr-defined]
+    if len(v.child(6).data()) != 32 or len(v.child(7).data()) != 32:
         return "a root checksum is not 32 bytes"
     return ""
+
+
+def _plain_archive_core(path: str | os.PathLike[str]) -> dict[str, str] | None:
+    """The config's ``[core]`` (layout.core_config) of an archive repository of version 1
+    without a parent; None for anything else (libostree opens version 1 only, and says so
+    for any other)."""
+    core = layout.core_config(path)
+    if core is None or core.get("repo_version") != "1" or layout.mode(path, core) != "archive":
+        return None
+    return core
+
+
+def _read_commit(path: Path, checksum: str) -> tuple[bytes, gvariant.Variant]:
+    """A stored commit's bytes and its GVariant; RepoError if it is not there or not a valid
+    commit (as a received one would be judged), StorageError if it cannot be read."""
+    from . import gvariant
+
+    try:
+        with open(f"{path}/objects/{layout.object_relpath(checksum, 'commit')}", "rb") as f:
+            data = f.read(objects.MAX_METADATA + 1)
+    except FileNotFoundError:
+        raise RepoError(f"commit {checksum}: not in this repository") from None
+    except OSError as e:
+        raise StorageError(f"{path}: reading commit {checksum}: {e.strerror}") from None
+    v = gvariant.normal(_METADATA[closure.COMMIT], data)
+    if v is None or _structure_fault(v, data, closure.COMMIT):
+        raise RepoError(f"commit {checksum}: not a valid commit")
+    return data, v
 
 
 class FileRepo:
@@ -130,10 +159,9 @@ class FileRepo:
     def open(cls, path: str | os.PathLike[str], fallback: Callable[[], Repo]) -> FileRepo | None:
         """The repository through its files, or None where libostree must be asked: not an
         archive repository, a parent repository, a config ostree would not write, remote refs."""
-        core = layout.core_config(path)
-        if core is None or core.get("repo_version") != "1" or layout.mode(path, core) != "archive" or \
-                layout.remote_refs_present(path):
-            return None  # (libostree opens version 1 only: it says so for any other)
+        core = _plain_archive_core(path)
+        if core is None or layout.remote_refs_present(path):
+            return None
         fsync = core.get("fsync", "true")
         if fsync not in ("true", "false"):
             return None
@@ -176,37 +204,17 @@ class FileRepo:
 
     # -- commits and their trees (closure.Trees) ----------------------------------------------
 
-    def _commit(self, checksum: str) -> object:
-        from . import gvariant
-
-        try:
-            with open(f"{self.path}/objects/{layout.object_relpath(checksum, 'commit')}", "rb") as f:
-                data = f.read(objects.MAX_METADATA + 1)
-        except FileNotFoundError:
-            raise RepoError(f"commit {checksum}: not in this repository") from None
-        except OSError as e:
-            raise StorageError(f"{self.path}: reading commit {checksum}: {e.strerror}") from None
-        v = gvariant.normal(_METADATA[closure.COMMIT], data)
-        if v is None or _structure_fault(v, data, closure.COMMIT):
-            raise RepoError(f"commit {checksum}: not a valid commit")
-        return v
+    def _commit(self, checksum: str) -> gvariant.Variant:
+        return _read_commit(self.path, checksum)[1]
 
     def commit_links(self, checksum: str) -> tuple[str, str, str | None]:
         v = self._commit(checksum)
-        parent = v.child(1).data()  # type: ignore[attr-defined]
-        return (v.child(6).data().hex(), v.child(7).data().hex(),  # type: ignore[attr-defined]
+        parent = v.child(1).data()
+        return (v.child(6).data().hex(), v.child(7).data().hex(),
                 parent.hex() if parent else None)
 
     def dirtree_entries(self, checksum: str) -> tuple[list[tuple[bytes, str]], list[tuple[bytes, str, str]]] | None:
-        try:
-            with open(f"{self.path}/objects/{layout.object_relpath(checksum, 'dirtree')}", "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None
-        try:
-            return objects.parse_dirtree(data)
-        except ValueError as e:
-            raise RepoError(f"{self.path}: dirtree {checksum}: {e}") from None
+        return closure.read_dirtree(self.path, checksum)
 
     def complete_commit(self, checksum: str | None) -> bool:
         return bool(checksum) and layout.has_object(self.path, checksum, "commit")
@@ -227,7 +235,7 @@ class FileRepo:
 
     def ref_binding(self, checksum: str) -> list[str] | None:
         """The commit's ``ostree.ref-binding`` (None: none); ValueError if it is not an ``as``."""
-        value = self._commit(checksum).child(0).lookup("ostree.ref-binding")  # type: ignore[attr-defined]
+        value = self._commit(checksum).child(0).lookup("ostree.ref-binding")
         if value is None:
             return None
         if value.type_string != "as":
@@ -306,9 +314,8 @@ def write_summary(repo: Path, shadow: Path, fsync: bool = True) -> dict[str, str
     """
     from . import gvariant
 
-    core = layout.core_config(repo)
-    if core is None or core.get("repo_version") != "1" or layout.mode(repo, core) != "archive" or \
-            any(k in core for k in ("collection-id", "tombstone-commits")):
+    core = _plain_archive_core(repo)
+    if core is None or any(k in core for k in ("collection-id", "tombstone-commits")):
         return None
     if any(layout.has_entries(repo / d) for d in ("deltas", "delta-indexes", "refs/mirrors", "refs/remotes")):
         return None
@@ -325,13 +332,9 @@ def write_summary(repo: Path, shadow: Path, fsync: bool = True) -> dict[str, str
     refs = []
     for name in sorted(heads):  # strcmp order: UTF-8 bytes sort as their code points
         try:
-            with open(f"{repo}/objects/{layout.object_relpath(heads[name], 'commit')}", "rb") as f:
-                data = f.read(objects.MAX_METADATA + 1)
-        except OSError:
-            return None
-        v = gvariant.normal(_METADATA[closure.COMMIT], data)
-        if v is None:
-            return None
+            data, v = _read_commit(repo, heads[name])
+        except (RepoError, StorageError):
+            return None  # libostree says what it makes of it
         meta: dict[str, tuple[str, object]] = {}
         version = v.child(0).lookup("version")
         if version is not None and version.type_string == "s":
@@ -345,8 +348,8 @@ def write_summary(repo: Path, shadow: Path, fsync: bool = True) -> dict[str, str
              "ostree.summary.tombstone-commits": ("b", False), "ostree.summary.indexed-deltas": ("b", True)}
     if config is not None:  # the shadow's own file, not the repository's; flushed whatever core.fsync says
         replace_file(shadow / "config", config.encode(), shadow)
-    write = replace_file if fsync else _replace_unflushed  # as libostree writes the summary
-    write(shadow / "summary", gvariant.serialize(SUMMARY_TYPE, (refs, extra)), shadow)
+    replace_file(shadow / "summary", gvariant.serialize(SUMMARY_TYPE, (refs, extra)), shadow,
+                 flush=fsync)  # as libostree writes the summary
     return dict(heads)
 
 
@@ -400,14 +403,6 @@ def _with_indexed_deltas(text: str) -> str | None:
         return None
     lines.insert(keys, "indexed-deltas=true")
     return "\n".join(lines)
-
-
-def _replace_unflushed(dest: Path, data: bytes, workdir: Path) -> None:
-    """replace_file, unflushed: for a repository whose config says ``fsync=false``."""
-    tmp = workdir / f".new-{os.urandom(4).hex()}"
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, dest)
 
 
 def _ostree_summary(ostree: str, repo: Path) -> dict[str, str] | None:
@@ -481,17 +476,19 @@ def set_refs(path: Path, refs: dict[str, str | None], workdir: Path | None = Non
             raise StorageError(f"{path}: writing ref {name}: {e.strerror}") from None
 
 
-def replace_file(dest: Path, data: bytes, workdir: Path) -> None:
+def replace_file(dest: Path, data: bytes, workdir: Path, flush: bool = True) -> None:
     """Replace ``dest`` by ``data`` in one rename from ``workdir`` (same filesystem), flushed
-    first; its mtime moves forward even within the same second (HTTP caches compare it)."""
+    first (unless ``flush`` is false: a repository whose config says ``fsync=false``); its
+    mtime moves forward even within the same second (HTTP caches compare it)."""
     import tempfile
 
     fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".new-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if flush:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         try:
             old = os.stat(dest).st_mtime_ns

@@ -226,7 +226,7 @@ def check_archive_header(hb: bytes, bad: str) -> None:
 
 def verify_content(src: bytes | Path, checksum: str, max_size: int | None = None, plain_only: bool = False) -> None:
     """Raise TransferError unless ``src`` (archive form) is the content object ``checksum``
-    (``plain_only``: and a regular file without extended attributes, judged without libostree)."""
+    (``plain_only``: and a regular file without extended attributes, the one header adoption takes)."""
     got = content_checksum(src, checksum, max_size, plain_only)
     if got != checksum:
         raise TransferError(f"object {checksum}.file: checksum mismatch (content hashes to {got})")
@@ -442,8 +442,9 @@ def adopt_staged(repo_path: str | os.PathLike[str], staging: str | os.PathLike[s
     here (this runs only after a receiver was killed). Only plain content objects that are
     ours — regular, not linked elsewhere, 0644, this user's — in real directories are taken,
     each judged, hashed and linked in through one descriptor (what is checked is what
-    lands); dirtrees, dirmetas and objects with symlink or xattr headers (libostree's to
-    judge) are left to be sent again, and everything left is deleted with the directory. The
+    lands); dirtrees, dirmetas and objects with symlink or xattr headers (chosen to keep this
+    to the one header form checked byte for byte, when the others still needed libostree)
+    are left to be sent again, and everything left is deleted with the directory. The
     caller adopts only what a receiver of the same boot left: after a crash, data never
     flushed may not be what was written (libostree keeps its own staging directories by the
     same rule)."""

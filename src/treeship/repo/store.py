@@ -56,20 +56,16 @@ class _Store(_Core):
         return hexsum(v.get_child_value(6)), hexsum(v.get_child_value(7)), OSTree.commit_get_parent(v)
 
     def dirtree_entries(self, checksum: str) -> tuple[list[tuple[bytes, str]], list[tuple[bytes, str, str]]] | None:
-        """A dirtree's files and subdirectories (see objects.parse_dirtree); None if it is not here."""
-        try:
-            with open(f"{self.path}/objects/{layout.object_relpath(checksum, 'dirtree')}", "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            try:  # not in this repository's own objects/: libostree looks in a parent repository too
+        """A dirtree's files and subdirectories (see closure.read_dirtree); None if it is not here."""
+
+        def in_parent(checksum: str) -> bytes | None:  # libostree looks in a parent repository too
+            try:
                 _, tv = self._repo.load_variant(OSTree.ObjectType.DIR_TREE, checksum)
             except GLib.Error:
                 return None
-            data = bytes(tv.get_data_as_bytes().get_data() or b"")
-        try:
-            return objects.parse_dirtree(data)
-        except ValueError as e:
-            raise RepoError(f"{self.path}: dirtree {checksum}: {e}") from None
+            return bytes(tv.get_data_as_bytes().get_data() or b"")
+
+        return closure.read_dirtree(self.path, checksum, in_parent)
 
     def complete_commit(self, checksum: str | None) -> bool:
         """Here, and not marked partial: then its whole tree is here (libostree's own rule, and
