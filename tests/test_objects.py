@@ -122,6 +122,20 @@ def test_headers_other_than_plain_regular_files_are_judged_as_libostree_judges_t
     assert ours == _libostree_accepts_header(hb)
 
 
+@pytest.mark.parametrize("size", [2**63, 2**64 - 1])
+def test_a_header_declaring_an_impossible_size_is_refused_without_a_limit(archive_objects, size):
+    """Without max_size, a size past what inflate's output bound can hold was an OverflowError
+    (a traceback, not a refusal)."""
+    regular = next(p for p in archive_objects if objects._plain_regular_header(*_header(p.read_bytes())))
+    data = bytearray(regular.read_bytes())
+    struct.pack_into(">Q", data, 8, size)
+    for form in (bytes(data), regular.with_name("altered")):
+        if isinstance(form, Path):
+            form.write_bytes(data)
+        with pytest.raises(TransferError, match="declares"):
+            objects.verify_content(form, _checksum(regular))
+
+
 def _header(data: bytes) -> tuple[bytes, int]:
     hb = data[8:8 + int.from_bytes(data[:4], "big")]
     return hb, struct.unpack_from(">I", hb, 16)[0]

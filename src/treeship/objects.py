@@ -238,6 +238,7 @@ MAX_METADATA = 10 << 20  # a dirtree, dirmeta or commit received: libostree's OS
 
 
 _INFLATE_CHUNK = 1 << 20
+_MAX_CONTENT = 1 << 62  # a content size past this is no file's (inflate's output bound is a signed 64-bit)
 
 
 def _gvariant_offset_size(total: int) -> int:
@@ -287,6 +288,8 @@ def content_checksum(src: bytes | Path, checksum: str, max_size: int | None, pla
         elif max_size is not None and size > max_size:
             raise TransferError(f"object {checksum}.file: its content expands to {size} bytes, "
                                 f"over the limit of {max_size} bytes")
+        elif size > _MAX_CONTENT:  # (no limit given) a bound for the arithmetic below, far past any file
+            raise TransferError(f"{bad}: its header declares {size} bytes of content")
         body = hb[8:hlen - w]
         w2 = next(n for n in (1, 2, 4, 8) if len(body) + n <= (1 << (8 * n)) - 1)
         file_header = body + (end_target - 8).to_bytes(w2, "little")
