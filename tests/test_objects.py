@@ -125,7 +125,7 @@ def test_headers_other_than_plain_regular_files_are_judged_as_libostree_judges_t
 @pytest.mark.parametrize("size", [2**63, 2**64 - 1])
 def test_a_header_declaring_an_impossible_size_is_refused_without_a_limit(archive_objects, size):
     """Without max_size, a size past what inflate's output bound can hold was an OverflowError
-    (a traceback, not a refusal)."""
+    (a traceback, not a refusal); found by the fast path's differential test below."""
     regular = next(p for p in archive_objects if objects._plain_regular_header(*_header(p.read_bytes())))
     data = bytearray(regular.read_bytes())
     struct.pack_into(">Q", data, 8, size)
@@ -134,6 +134,42 @@ def test_a_header_declaring_an_impossible_size_is_refused_without_a_limit(archiv
             form.write_bytes(data)
         with pytest.raises(TransferError, match="declares"):
             objects.verify_content(form, _checksum(regular))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_the_in_memory_fast_path_agrees_with_the_general_path(archive_objects, tmp_path, data):
+    """objects._plain_checksum (plain regular objects held in memory) gives the general
+    path's checksum, or None and leaves the object to it: never another answer, never an
+    answer where the general path refuses. The general path is the one a spilled object
+    (a file) takes; ostree's objects, then objects altered anywhere, header or deflate."""
+    regular = data.draw(st.sampled_from([p for p in archive_objects
+                                         if objects._plain_regular_header(*_header(p.read_bytes()))]))
+    obj = bytearray(regular.read_bytes())
+    how = data.draw(st.sampled_from(["keep", "byte", "cut", "extend", "size"]))
+    if how == "byte":
+        obj[data.draw(st.integers(0, len(obj) - 1))] ^= data.draw(st.integers(1, 255))
+    elif how == "cut":
+        del obj[data.draw(st.integers(0, len(obj) - 1)):]
+    elif how == "extend":
+        obj += data.draw(st.binary(min_size=1, max_size=8))
+    elif how == "size":  # the size the header declares, the one thing the content is held to
+        struct.pack_into(">Q", obj, 8, max(0, struct.unpack_from(">Q", obj, 8)[0] + data.draw(st.integers(-2, 2))))
+    max_size = data.draw(st.sampled_from([None, 60_000, 59_999, 0]))
+    spilled = tmp_path / "spilled"
+    spilled.write_bytes(obj)
+    try:
+        general = objects.content_checksum(spilled, "x", max_size)
+    except TransferError:
+        general = None
+    fast = objects._plain_checksum(bytes(obj), max_size)
+    assert fast is None or fast == general
+    if how == "keep" and max_size is None:
+        assert fast == general == _checksum(regular)  # and it is taken where all is well
+    try:
+        assert objects.content_checksum(bytes(obj), "x", max_size) == general
+    except TransferError:
+        assert general is None
 
 
 def _header(data: bytes) -> tuple[bytes, int]:

@@ -1,5 +1,6 @@
 """wire.Writer.send_file: a file's bytes as DATA frames, through the batch or through
-sendfile(2), exactly as sending the file's chunks would put them on the wire."""
+sendfile(2), exactly as sending the file's chunks would put them on the wire; and
+wire.Reader.whole_data, which takes only the one shape it is for and leaves the rest."""
 
 from __future__ import annotations
 
@@ -133,3 +134,47 @@ def test_send_file_to_a_closed_peer_is_one_clear_error(tmp_path: Path) -> None:
     finally:
         os.close(fd)
         os.close(wfd)
+
+
+def _reader_after_object(rest: bytes) -> wire.Reader:
+    """A Reader that has just read an OBJECT frame, ``rest`` buffered behind it (one read)."""
+    rfd, wfd = os.pipe()
+    os.write(wfd, wire.encode(wire.OBJECT, bytes(33)) + rest)
+    os.close(wfd)
+    reader = wire.Reader(rfd)
+    assert reader.read().type == wire.OBJECT
+    return reader
+
+
+def test_whole_data_takes_one_buffered_data_frame_and_its_end() -> None:
+    reader = _reader_after_object(wire.encode(wire.DATA, b"abc") + wire.encode(wire.END) + wire.encode(wire.FINISH))
+    assert reader.whole_data(limit=3) == b"abc"
+    assert reader.read().type == wire.FINISH
+
+
+@pytest.mark.parametrize("rest", [
+    wire.encode(wire.DATA, b"abc") + wire.encode(wire.DATA, b"d") + wire.encode(wire.END),  # two chunks
+    wire.encode(wire.DATA, b"abc") + wire.encode(wire.END, b"x"),  # an END with a payload
+    wire.encode(wire.DATA, b"abc") + wire.encode(wire.END)[:-1],  # END not buffered whole
+    wire.encode(wire.DATA, b"abc"),  # END not buffered at all
+    wire.encode(wire.DATA, b"") + wire.encode(wire.END),  # an empty DATA frame (the receiver refuses it)
+    wire.encode(wire.END),  # an empty object
+    wire.encode(wire.FINISH, b"{}") + wire.encode(wire.END),
+    b"",
+])
+def test_whole_data_leaves_anything_else_to_the_frame_by_frame_path(rest: bytes) -> None:
+    reader = _reader_after_object(rest)
+    assert reader.whole_data(limit=1 << 20) is None
+    after: list[bytes] = []  # nothing was consumed: the frames read next are all that was sent
+    with pytest.raises(TransferError, match="closed by the peer"):
+        while True:
+            frame = reader.read()
+            after.append(wire.encode(frame.type, frame.payload))
+    read_again = b"".join(after)
+    assert rest.startswith(read_again) and len(rest) - len(read_again) < 5  # (a cut header is never a frame)
+
+
+def test_whole_data_leaves_a_payload_over_the_limit_to_the_frame_by_frame_path() -> None:
+    reader = _reader_after_object(wire.encode(wire.DATA, b"abcd") + wire.encode(wire.END))
+    assert reader.whole_data(limit=3) is None
+    assert reader.read().payload == b"abcd"

@@ -540,7 +540,11 @@ class Receiver:
         name = _TYPE_NAMES[objtype]
         limit = MAX_COMMITMETA if name == "commitmeta" else \
             self.policy.max_object_size if name == "file" else min(MAX_METADATA, self.policy.max_object_size)
-        data = collect(self.data_chunks(f"object {csum}"), limit, f"{tmp}/{n}.{name}", f"object {csum}.{name}")
+        data = self.reader.whole_data(limit)
+        if data is None:
+            data = collect(self.data_chunks(f"object {csum}"), limit, f"{tmp}/{n}.{name}", f"object {csum}.{name}")
+        else:
+            self.count_received(len(data))
         return csum, objtype, data
 
     @contextmanager

@@ -50,6 +50,7 @@ CHUNK = 1 << 20
 SENDFILE_FROM = 64 << 10  # Writer.send_file: files this large are copied by the kernel
 PIPE_SIZE = 1 << 20  # Linux's pipe-max-size by default: the most an unprivileged process may ask for
 _HEADER = struct.Struct(">cI")
+_END_HEADER = _HEADER.pack(END, 0)
 
 
 def widen_pipe(fd: int) -> None:
@@ -154,6 +155,26 @@ class Reader:
             payload = view[start:start + length].tobytes()
         self._pos = start + length
         return Frame(ftype, payload)
+
+    def whole_data(self, limit: int) -> bytes | None:
+        """The payload of one DATA frame and the END after it, if both are buffered already
+        and the payload is 1 to ``limit`` bytes; else None, and nothing is consumed (the
+        caller reads frame by frame). Most objects of a push are sent so, and this takes
+        them without two Frames, a generator and a join each: the reading thread is the
+        receiver's busiest (docs/performance.md)."""
+        pos = self._pos
+        buf = self._buf
+        if len(buf) - pos < 2 * _HEADER.size:
+            return None
+        ftype, length = _HEADER.unpack_from(buf, pos)
+        end = pos + _HEADER.size + length
+        if ftype != DATA or not 0 < length <= min(limit, MAX_DATA) or len(buf) < end + _HEADER.size \
+                or buf[end:end + _HEADER.size] != _END_HEADER:
+            return None
+        with memoryview(buf) as view:
+            payload = view[pos + _HEADER.size:end].tobytes()
+        self._pos = end + _HEADER.size
+        return payload
 
     def expect(self, ftype: bytes) -> Frame:
         frame = self.read()
