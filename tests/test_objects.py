@@ -122,7 +122,32 @@ def test_headers_other_than_plain_regular_files_are_judged_as_libostree_judges_t
     assert ours == _libostree_accepts_header(hb)
 
 
-@pytest.mark.parametrize("size", [2**63, 2**64 - 1])
+def test_a_highly_compressible_object_is_checked_in_bounded_memory(tmp_path):
+    """64 MiB of zeros deflate to ~64 kB: inflating it in one call held the whole content
+    (up to the 4 GiB an object may have) in memory at once, on each of the receiver's two
+    threads. It is inflated a megabyte at a time now, held or spilled alike."""
+    import tracemalloc
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    with open(tree / "zeros", "wb") as f:
+        f.truncate(64 << 20)
+    repo = tmp_path / "repo"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    ostree("commit", f"--repo={repo}", "--branch=t", "--owner-uid=0", "--owner-gid=0", str(tree))
+    (obj,) = repo.glob("objects/*/*.filez")
+    assert obj.stat().st_size < 1 << 20
+    for form in (obj.read_bytes(), obj):
+        tracemalloc.start()
+        try:
+            objects.verify_content(form, _checksum(obj), max_size=64 << 20)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 << 20, f"{type(form).__name__}: {peak} bytes at the peak"
+
+
+@pytest.mark.parametrize("size", [2**62 + 1, 2**63 - 1, 2**63, 2**64 - 1])
 def test_a_header_declaring_an_impossible_size_is_refused_without_a_limit(archive_objects, size):
     """Without max_size, a size past what inflate's output bound can hold was an OverflowError
     (a traceback, not a refusal); found by the fast path's differential test below."""

@@ -303,9 +303,10 @@ def content_checksum(src: bytes | Path, checksum: str, max_size: int | None, pla
         while chunk := read(_INFLATE_CHUNK):
             if inflater.eof:
                 raise TransferError(f"{bad}: data after the end of its content")
-            while chunk:
+            while True:  # at most a megabyte out per call: a few kilobytes may inflate to gigabytes
+                bound = min(_INFLATE_CHUNK, size - produced + 1)
                 try:
-                    out = inflater.decompress(chunk, size - produced + 1)
+                    out = inflater.decompress(chunk, bound)
                 except _inflate.error as e:
                     raise TransferError(f"{bad}: its content does not inflate ({e})") from None
                 produced += len(out)
@@ -317,6 +318,8 @@ def content_checksum(src: bytes | Path, checksum: str, max_size: int | None, pla
                     if chunk or inflater.unused_data:
                         raise TransferError(f"{bad}: data after the end of its content")
                     break
+                if not chunk and len(out) < bound:  # all taken in, nothing held back (a full
+                    break  # call may leave output pending with no input left: ask again)
         if produced != size or not (inflater.eof or (is_link and produced == 0)):
             raise TransferError(f"{bad}: its content is not the {size} bytes its header says")
     return h.hexdigest()
@@ -325,6 +328,7 @@ def content_checksum(src: bytes | Path, checksum: str, max_size: int | None, pla
 _PLAIN_START = (26).to_bytes(4, "big") + bytes(4)  # a plain regular file's archive header: 26 bytes
 _PLAIN_FILE_HEADER = (18).to_bytes(4, "big") + bytes(4)  # ... and the file header hashed: 17 + 1
 _NUMBERS = struct.Struct(">QIIII")
+_PLAIN_MAX = 4 << 20  # content inflated in one call by _plain_checksum, at most
 
 
 def _plain_checksum(data: bytes, max_size: int | None) -> str | None:
@@ -333,14 +337,15 @@ def _plain_checksum(data: bytes, max_size: int | None) -> str | None:
 
     Most objects of a push are such, and small: this is the reading thread's share of each
     (docs/performance.md), without the general path's reader, header arithmetic and loop;
-    the bytes hashed are the same (the header re-framed as content_checksum explains).
+    the bytes hashed are the same (the header re-framed as content_checksum explains). Only
+    content up to _PLAIN_MAX is taken: it is inflated in one piece.
     """
     if not data.startswith(_PLAIN_START) or len(data) < 34:
         return None
     size, _uid, _gid, mode, rdev = _NUMBERS.unpack_from(data, 8)
-    if rdev or size > min(_MAX_CONTENT, _MAX_CONTENT if max_size is None else max_size) \
+    if rdev or size > _PLAIN_MAX or (max_size is not None and size > max_size) \
             or not _plain_regular_header(data[8:34], mode):
-        return None
+        return None  # (a larger one is inflated piecewise by the general path: memory stays bounded)
     inflater = _inflate.decompressobj(-15)
     try:
         out = inflater.decompress(memoryview(data)[34:], size + 1)
