@@ -463,7 +463,10 @@ def test_the_published_summary_is_libostree_s(real, tmp_path, delta):
         r.publish_summary(work)
         refs, extra = _summary(repo)
         if delta:  # a delta's superblock holds the time it was made: its checksum differs by the second
-            extra["ostree.static-deltas"] = sorted(extra["ostree.static-deltas"])
+            listed = extra.pop("ostree.static-deltas")
+            assert sorted(bytes(c) for c in listed.values()) == sorted(
+                hashlib.sha256(p.read_bytes()).digest() for p in repo.glob("deltas/**/superblock"))
+            extra["ostree.static-deltas"] = sorted(listed)
         made[how] = ((refs, extra), (repo / "config").read_text())
         assert r.summary_refs() == {"main": commits[2], "other/x86_64": commits[0]}
         assert "main" in ostree("summary", f"--repo={repo}", "--view").stdout

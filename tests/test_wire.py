@@ -178,3 +178,13 @@ def test_whole_data_leaves_a_payload_over_the_limit_to_the_frame_by_frame_path()
     reader = _reader_after_object(wire.encode(wire.DATA, b"abcd") + wire.encode(wire.END))
     assert reader.whole_data(limit=3) is None
     assert reader.read().payload == b"abcd"
+
+
+def test_whole_data_leaves_a_frame_over_max_data_to_read_which_refuses_it() -> None:
+    """A DATA frame past MAX_DATA can be buffered whole (the reader takes max(CHUNK, need)
+    at once); whole_data must not take it, whatever limit it is given."""
+    reader = wire.Reader(-1)
+    reader._buf = bytearray(wire.encode(wire.DATA, bytes(wire.MAX_DATA + 1)) + wire.encode(wire.END))
+    assert reader.whole_data(limit=1 << 40) is None
+    with pytest.raises(TransferError, match="exceeds"):
+        reader.read()

@@ -519,6 +519,23 @@ def test_compressed_size_over_the_limit(hostile, rel, tmp_path):
     assert out.rc == 11 and "exceeds the limit of 1024 bytes" in out.error, out.error
 
 
+@pytest.mark.parametrize("chunk", [wire.CHUNK, 512], ids=["one-frame-objects", "several-frames"])
+def test_push_size_over_the_limit(hostile, rel, tmp_path, chunk):
+    """max_push_size counts every object's bytes (and its frames) as they arrive, whether the
+    receiver takes an object whole from its buffer (one DATA frame) or frame by frame."""
+    from treeship.objects import content_checksum
+
+    config = tmp_path / "limit.toml"
+    config.write_text('[receive]\nmax_push_size = "4K"\n')
+    frames = []
+    for _ in range(3):  # ~2.1 kB each, each object valid: only the total is over the limit
+        content = os.urandom(2000)
+        obj = archive_object(len(content), raw_deflate(content))
+        frames.append(object_frames(T["file"], content_checksum(obj, "x", None), obj, chunk=chunk))
+    out = hostile(stream(update((MAIN, None, rel.v1)), *frames, finish()), "--config", str(config))
+    assert out.rc == 11 and "push exceeds the limit of 4096 bytes" in out.error, out.error
+
+
 # -- refs ---------------------------------------------------------------------------------------
 
 
