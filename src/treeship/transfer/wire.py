@@ -160,7 +160,7 @@ class Reader:
         """The payload of one DATA frame and the END after it, if both are buffered already
         and the payload is 1 to ``limit`` bytes; else None, and nothing is consumed (the
         caller reads frame by frame). Most objects of a push are sent so, and this takes
-        them without two Frames, a generator and a join each: the reading thread is the
+        them without two Frames and a generator each: the reading thread is the
         receiver's busiest (docs/performance.md)."""
         pos = self._pos
         buf = self._buf
