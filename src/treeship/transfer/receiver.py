@@ -535,7 +535,7 @@ class Receiver:
             raise TransferError(f"protocol error: unknown object type {objtype}")
         csum = frame.payload[1:].hex()
         self.count_received(FRAME_COST)  # its OBJECT and END frames count too: no object is free
-        from ..objects import MAX_METADATA, collect  # here: a no-op push does without objects.py (and ISA-L)
+        from ..objects import MAX_METADATA, collect  # here: a no-op push does without objects.py (and zlib-ng)
 
         name = _TYPE_NAMES[objtype]
         limit = MAX_COMMITMETA if name == "commitmeta" else \
