@@ -30,7 +30,7 @@ if TYPE_CHECKING:
             and the receiver's: a commit it receives stays partial until its closure is checked)."""
 
 # OSTree's object types (OstreeObjectType), as the wire and libostree number them
-FILE, DIRTREE, DIRMETA, COMMIT = 1, 2, 3, 4
+FILE, DIRTREE, DIRMETA, COMMIT = (layout.OBJECT_TYPES[t] for t in ("file", "dirtree", "dirmeta", "commit"))
 
 
 def read_dirtree(path: str | os.PathLike[str], checksum: str, elsewhere: Callable[[str], bytes | None] | None = None

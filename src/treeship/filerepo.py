@@ -38,10 +38,9 @@ if TYPE_CHECKING:
     from .repo import Repo
 
 _HEX64B = re.compile(rb"[0-9a-f]{64}\Z")
-_SUFFIX = {closure.FILE: "filez", closure.DIRTREE: "dirtree", closure.DIRMETA: "dirmeta", closure.COMMIT: "commit",
-           6: "commitmeta"}
+_SUFFIX = {number: layout.SUFFIX[name] for number, name in layout.TYPE_NAMES.items()}
 _METADATA = {closure.DIRTREE: "(a(say)a(sayay))", closure.DIRMETA: "(uuua(ayay))",
-             closure.COMMIT: "(a{sv}aya(say)sstayay)", 6: "a{sv}"}  # 6: commitmeta, a normal a{sv}
+             closure.COMMIT: "(a{sv}aya(say)sstayay)", layout.OBJECT_TYPES["commitmeta"]: "a{sv}"}
 SUMMARY_TYPE = "(a(s(taya{sv}))a{sv})"
 _PERMISSION_BITS = stat.S_IFMT(0o170000) | 0o7777  # libostree's validate_stat_mode_perms: nothing else
 

@@ -115,8 +115,14 @@ def heads(path: str | os.PathLike[str]) -> dict[str, str] | None:
     return out if walk(os.path.join(path, "refs", "heads"), "") else None
 
 
-_SUFFIX = {"file": "filez", "dirtree": "dirtree", "dirmeta": "dirmeta", "commit": "commit",
-           "commitmeta": "commitmeta"}
+#: OSTree's object types, numbered as OstreeObjectType (part of its stable format) and as the
+#: wire's OBJECT frames carry them; the one table the pusher, the receiver and the closure
+#: walk read (repo/core.py maps the same names to libostree's enum; tests/test_wire_types.py
+#: keeps the two equal).
+OBJECT_TYPES = {"file": 1, "dirtree": 2, "dirmeta": 3, "commit": 4, "commitmeta": 6}
+TYPE_NAMES = {number: name for name, number in OBJECT_TYPES.items()}
+#: Each type's file suffix under objects/ in an archive repository (content is compressed).
+SUFFIX = {"file": "filez", "dirtree": "dirtree", "dirmeta": "dirmeta", "commit": "commit", "commitmeta": "commitmeta"}
 
 
 def object_relpath(checksum: str, suffix: str) -> str:
@@ -128,7 +134,7 @@ def object_relpath(checksum: str, suffix: str) -> str:
 def is_stored(path: str | os.PathLike[str], checksum: str, objtype: str) -> bool:
     """The object's file is in this archive repository's own ``objects/`` (partial or not; a
     parent repository's, where libostree's has_object also looks, does not count)."""
-    return os.path.exists(f"{path}/objects/{object_relpath(checksum, _SUFFIX[objtype])}")
+    return os.path.exists(f"{path}/objects/{object_relpath(checksum, SUFFIX[objtype])}")
 
 
 def has_object(path: str | os.PathLike[str], checksum: str, objtype: str) -> bool:
@@ -146,7 +152,7 @@ def objects_present(path: str | os.PathLike[str], objects: list[tuple[str, str]]
     """has_object for many (checksum, type) at once, in order. Where several fall in one
     objects/XX directory it is listed once instead: a first push asks about thousands of
     objects, and a stat each (most of them failing) took ~12 ms of its start."""
-    where = [object_relpath(checksum, _SUFFIX[objtype]).partition("/") for checksum, objtype in objects]
+    where = [object_relpath(checksum, SUFFIX[objtype]).partition("/") for checksum, objtype in objects]
     per_dir: dict[str, int] = {}
     for directory, _, _ in where:
         per_dir[directory] = per_dir.get(directory, 0) + 1

@@ -40,7 +40,7 @@ _MODE_NAMES = {
 OBJECT_TYPES = {"file": OSTree.ObjectType.FILE, "dirtree": OSTree.ObjectType.DIR_TREE,
                 "dirmeta": OSTree.ObjectType.DIR_META, "commit": OSTree.ObjectType.COMMIT,
                 "commitmeta": OSTree.ObjectType.COMMIT_META}
-_OBJ_EXT = {int(v): k for k, v in OBJECT_TYPES.items()}
+_OBJ_EXT = layout.TYPE_NAMES  # libostree's numbers are layout's (tests/test_wire_types.py)
 
 
 def _storage_error(e: GLib.Error, what: str) -> Exception:

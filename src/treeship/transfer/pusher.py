@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import trace
+from .. import layout, trace
 from ..errors import PushRejected, RepoError, TransferError, TreeshipError, UsageError
 from . import wire
 from .ciphers import cipher_refused
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 QUERY_BATCH = 50_000
 OBJECT_TYPES = wire.OBJECT_TYPES
-_TYPE_NAMES = {int(v): k for k, v in OBJECT_TYPES.items()}
+_TYPE_NAMES = layout.TYPE_NAMES
 # Send order: what others point at goes first; commits (with their signatures) last.
 _ORDER = {"file": 0, "dirmeta": 1, "dirtree": 2, "commit": 3, "commitmeta": 4}
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 OBJECT_TYPES = wire.OBJECT_TYPES
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")  # not "$": it matches before a final "\n"
-_TYPE_NAMES = {int(v): k for k, v in OBJECT_TYPES.items()}
+_TYPE_NAMES = layout.TYPE_NAMES
 MAX_COMMITMETA = 16 << 20
 MAX_SIGNATURES = 64 << 20  # all the .commitmeta of one push: held until the refs move
 MAX_COMMITS = 100_000  # commits in one push (each is held until the end; a history of 10,000 is long)

@@ -17,6 +17,7 @@ import select
 import struct
 
 from ..errors import StorageError, TransferError
+from ..layout import OBJECT_TYPES  # noqa: F401 - OSTree's type numbers, as OBJECT frames carry them
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs a receiver ~10 ms
 if TYPE_CHECKING:
@@ -38,9 +39,6 @@ FINISH = b"F"  # JSON pusher→receiver: all objects sent; move the refs
 STATUS = b"S"  # JSON receiver→pusher: one status per ref
 ERROR = b"X"  # JSON either way: fatal, with a message
 DELTA = b"L"  # JSON pusher→receiver: a static delta's files follow, each as DATA chunks + END (push --delta)
-
-#: OSTree's object type numbers (part of its stable format), as OBJECT frames carry them.
-OBJECT_TYPES = {"file": 1, "dirtree": 2, "dirmeta": 3, "commit": 4, "commitmeta": 6}
 
 CONTROL_TYPES = {HELLO, UPDATE, PREFLIGHT, QUERY, MISSING, FINISH, STATUS, ERROR, DELTA}
 ALL_TYPES = CONTROL_TYPES | {OBJECT, DATA, END}
