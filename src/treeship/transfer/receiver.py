@@ -16,7 +16,6 @@ import os
 import re
 import stat
 import threading
-import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -554,18 +553,13 @@ class Receiver:
         Waited for as long as the idle timeout: a receiver stuck while holding it (a hung
         disk, say) must not hang every push after it as well.
         """
+        from ..filerepo import lock_exclusively
+
         with open(Path(self.repo_path, LOCK_NAME), "a+") as lock:
             limit = self.reader.timeout
-            deadline = None if limit is None else time.monotonic() + limit
-            while True:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
-                    break
-                except BlockingIOError:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise TransferError(f"another push has held this repository's lock for {limit:.0f} s; "
-                                            "giving up (nothing of this push has moved)") from None
-                    time.sleep(0.05)
+            if not lock_exclusively(lock.fileno(), fcntl.flock, limit):
+                raise TransferError(f"another push has held this repository's lock for {limit:.0f} s; "
+                                    "giving up (nothing of this push has moved)")
             yield
 
     def _move_refs(self, updates: list[Update]) -> None:
