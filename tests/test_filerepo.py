@@ -496,3 +496,19 @@ def test_serialize_writes_what_glib_writes(refs, extra):
         [(n, (size, csum, {k: GLib.Variant(*x) for k, x in meta.items()})) for n, (size, csum, meta) in refs],
         {k: GLib.Variant(*x) for k, x in extra.items()}))
     assert gvariant.serialize(filerepo.SUMMARY_TYPE, (refs, extra)) == _bytes(glib)
+
+
+def test_a_replaced_file_never_looks_older_than_the_one_it_replaces(tmp_path):
+    """HTTP caches compare mtimes: a ref or summary replaced within the second (or by one
+    whose clock reads earlier) must still look newer; with nothing to replace, nothing moves."""
+    dest = tmp_path / "refs" / "heads" / "main"
+    dest.parent.mkdir(parents=True)
+    dest.write_text("old\n")
+    future = os.stat(dest).st_mtime_ns + 3_600 * 10**9  # an old file an hour "ahead"
+    os.utime(dest, ns=(future, future))
+    filerepo.replace_file(dest, b"new\n", tmp_path)
+    assert dest.read_bytes() == b"new\n" and os.stat(dest).st_mtime_ns > future
+    fresh = tmp_path / "fresh"
+    filerepo.replace_file(fresh, b"x", tmp_path)
+    assert abs(os.stat(fresh).st_mtime_ns - os.stat(tmp_path).st_mtime_ns) < 60 * 10**9  # not pushed ahead
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "refs"]  # no temp file left

@@ -500,6 +500,8 @@ def replace_file(dest: Path, data: bytes, workdir: Path, flush: bool = True) -> 
     mtime moves forward even within the same second (HTTP caches compare it)."""
     import tempfile
 
+    from .generations import later_mtime
+
     fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".new-")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -508,12 +510,7 @@ def replace_file(dest: Path, data: bytes, workdir: Path, flush: bool = True) -> 
                 f.flush()
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
-        try:
-            old = os.stat(dest).st_mtime_ns
-        except FileNotFoundError:
-            old = None
-        if old is not None and os.stat(tmp).st_mtime_ns <= old:
-            os.utime(tmp, ns=(old + 1_000_000_000, old + 1_000_000_000))
+        later_mtime(tmp, dest)
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):

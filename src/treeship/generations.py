@@ -29,8 +29,11 @@ def _switch_symlink(link: Path, target: str, workdir: Path) -> None:
     os.replace(tmp, link)
 
 
-def _later_mtime(path: Path, than: Path) -> None:
-    """Make ``path``'s mtime later than ``than``'s (HTTP caches compare them), even within one second."""
+def later_mtime(path: str | os.PathLike[str], than: str | os.PathLike[str]) -> None:
+    """Make ``path``'s mtime later than ``than``'s, even within one second: HTTP caches (and
+    clients' If-Modified-Since) compare mtimes, so a file published in place of another must
+    not look older or the same. Best effort: nothing to compare with (``than`` is missing, or
+    cannot be looked at) leaves ``path`` as it is."""
     try:
         old = os.stat(than).st_mtime_ns
     except OSError:
@@ -83,7 +86,7 @@ def publish(path: Path, workdir: Path, regenerate: Callable[[Path], dict[str, st
         os.rename(shadow / "summary", gen / "summary")
         if (shadow / "summary.sig").exists():
             os.rename(shadow / "summary.sig", gen / "summary.sig")
-            _later_mtime(gen / "summary.sig", path / "summary.sig")
+            later_mtime(gen / "summary.sig", path / "summary.sig")
         name = _generation_name(listed)
         os.rename(gen, gens / name)
         _switch_symlink(gens / "current", name, workdir)
