@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import click
 import pytest
@@ -108,17 +107,3 @@ def test_a_closed_stderr_does_not_change_the_exit_code(tmp_path):
     p = subprocess.run(f"{sys.executable} -m treeship receive --repo {tmp_path / 'nope'} </dev/null 2>&-",
                        shell=True)
     assert p.returncode == 11  # a transfer error (the pusher hung up before HELLO), not 1
-
-
-def test_the_installed_command_imports_nothing_before_treeship():
-    """The `treeship` script (bin/treeship) goes straight to treeship.entry: pip's entry-point
-    wrapper imported `re` and `enum` first, ~7 ms before a push could start SSH."""
-    script = Path(sys.executable).with_name("treeship")
-    assert script.read_text().startswith(f"#!{sys.executable}\n")  # installed, its `#!python` pointed here
-    p = subprocess.run([sys.executable, "-X", "importtime", str(script), "--version"],
-                       capture_output=True, text=True)
-    assert p.returncode == 0 and "treeship, version" in p.stdout
-    done = [line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")]
-    assert "treeship.entry" in done
-    # Imports are listed as they finish: the interpreter's and site's, then the script's.
-    assert not {"re", "enum"} & set(done[done.index("site") + 1:done.index("treeship.entry")])
