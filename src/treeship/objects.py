@@ -19,7 +19,7 @@ import re
 import stat
 import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 
 from .errors import StorageError, TransferError
@@ -180,7 +180,11 @@ class ObjectStore:
 
     def install_content(self, src: bytes | Path, checksum: str, max_size: int | None = None) -> None:
         """Check a received content object, then make it visible."""
-        verify_content(src, checksum, max_size)
+        finish(self.install_steps(src, checksum, max_size))
+
+    def install_steps(self, src: bytes | Path, checksum: str, max_size: int | None = None) -> Steps[None]:
+        """:meth:`install_content` in steps, a megabyte of input each (see ``Steps`` in this module)."""
+        _match(checksum, (yield from checksum_steps(src, checksum, max_size)))
         self.place(src, checksum, "filez")
 
 
@@ -232,9 +236,34 @@ def check_archive_header(hb: bytes, bad: str) -> None:
 def verify_content(src: bytes | Path, checksum: str, max_size: int | None = None, plain_only: bool = False) -> None:
     """Raise TransferError unless ``src`` (archive form) is the content object ``checksum``
     (``plain_only``: and a regular file without extended attributes, the one header adoption takes)."""
-    got = content_checksum(src, checksum, max_size, plain_only)
+    _match(checksum, content_checksum(src, checksum, max_size, plain_only))
+
+
+def _match(checksum: str, got: str) -> None:
     if got != checksum:
         raise TransferError(f"object {checksum}.file: checksum mismatch (content hashes to {got})")
+
+
+# Steps[T]: work done in steps. Each ``next()`` does a bounded piece (here: inflating and
+# hashing at most a megabyte of input); the generator's return value is the result. The
+# receiver's verify thread runs large objects so, at a low priority, and hands a job back
+# between two steps when the reading thread needs its result (transfer/receiver.py,
+# _Verifier): one step is the longest the reading thread waits on a starved thread.
+TYPE_CHECKING = False  # not `from typing`: importing typing costs a receiver ~3 ms
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    T = TypeVar("T")
+    Steps = Generator[None, None, T]
+
+
+def finish(steps: Steps[T]) -> T:
+    """Run ``steps`` to the end; its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 _MAX_ARCHIVE_HEADER = 16 << 20
@@ -252,7 +281,13 @@ def _gvariant_offset_size(total: int) -> int:
 
 
 def content_checksum(src: bytes | Path, checksum: str, max_size: int | None, plain_only: bool = False) -> str:
-    """The content checksum of an object in archive form (``.filez``), its expansion bounded.
+    """The content checksum of an object in archive form (``.filez``), its expansion bounded
+    (see :func:`checksum_steps`)."""
+    return finish(checksum_steps(src, checksum, max_size, plain_only))
+
+
+def checksum_steps(src: bytes | Path, checksum: str, max_size: int | None, plain_only: bool = False) -> Steps[str]:
+    """:func:`content_checksum` in steps, a megabyte of input each (see ``Steps`` in this module).
 
     The format (libostree's ostree-core-private.h): a u32 BE header length, 4 bytes of
     padding, a ``(tuuuusa(ayay))`` header (size, uid, gid, mode, rdev, symlink target,
@@ -330,6 +365,7 @@ def content_checksum(src: bytes | Path, checksum: str, max_size: int | None, pla
                 if chunk and not out:  # input left, nothing out: inflate does not do that; a guard
                     raise TransferError(f"{bad}: its content does not inflate (no progress)")
             body_sent = True
+            yield
         # A symlink's body is empty as libostree writes it; one sent anyway must be a whole,
         # empty deflate stream (not, say, a megabyte of empty blocks that never ends).
         if produced != size or not (inflater.eof or (is_link and not body_sent)):

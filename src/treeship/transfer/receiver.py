@@ -44,6 +44,7 @@ MAX_COMMITS = 100_000  # commits in one push (each is held until the end; a hist
 FRAME_COST = 43  # what an object's OBJECT and END frames count against the push's size, data aside
 MAX_IN_FLIGHT = 16 << 20  # bytes of received objects queued for verification in memory
 INLINE_BELOW = 256 << 10  # objects smaller than this are checked by the reading thread itself (_Verifier)
+WORKER_NICE = 19  # the verify thread's nice value: see _Verifier
 LOCK_NAME = ".treeship-receive.lock"
 TMP_PREFIX = "treeship-receive-"
 _BOOT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -441,23 +442,26 @@ class Receiver:
                             store.install_content(data, csum, self.policy.max_object_size)
                         else:
                             size = len(data) if isinstance(data, bytes) else 0
-                            pending.append((pool.submit(store.install_content, data, csum,
-                                                        self.policy.max_object_size), size))
+                            pending.append((pool.submit_steps(store.install_steps(data, csum,
+                                                                                  self.policy.max_object_size)), size))
                             in_flight += size
                         while pending and (pending[0][0].done() or in_flight > MAX_IN_FLIGHT):
                             if not pending[0][0].done() and pool.run_one():
                                 continue  # at the memory bound: check a queued object here, not wait
                             fut, size = pending.popleft()
-                            fut.result()
+                            pool.result(fut)
                             in_flight -= size
                     elif frame.type == wire.DELTA:  # push --delta: see delta.py
                         from . import delta
 
                         for fut, _ in pending:
-                            fut.result()
+                            pool.result(fut)
                         pending.clear()
                         in_flight = 0
-                        csum, data = delta.receive(self, frame, tmp, pool, self.targets)
+                        # Its own worker, at the normal priority: a delta's jobs are not in
+                        # steps, so none could be handed back from a starved thread.
+                        with _Verifier(nice=None) as delta_pool:
+                            csum, data = delta.receive(self, frame, tmp, delta_pool, self.targets)
                         from ..filerepo import verify_object
 
                         verify_object(data, csum, int(OBJECT_TYPES["commit"]))
@@ -472,13 +476,13 @@ class Receiver:
                     else:
                         raise TransferError(f"protocol error: unexpected frame {frame.type!r}")
                 for fut, _ in pending:
-                    fut.result()
+                    pool.result(fut)
             except BaseException:
                 # Objects that arrived whole are kept (a retry will not resend them): let the
                 # queued checks finish; their own failures only mean those objects are dropped.
                 for fut, _ in pending:
                     try:
-                        fut.result()
+                        pool.result(fut)
                     except Exception:  # noqa: BLE001, S110 - the first error is the one raised
                         pass
                 if store is not None:
@@ -824,13 +828,24 @@ class _Verifier:
     overlap; at the end (and at the memory bound) the reader takes queued jobs too, so the
     last large objects are checked on two threads. ``submit`` returns a Future, as a
     ThreadPoolExecutor's does (delta.py uses it so, as a concurrent.futures.Executor).
+
+    The worker runs at the lowest priority (nice 19, its thread only). On a machine whose
+    cores are all busy during a push (on two: ssh, sshd, the pusher and both threads here),
+    the ones that move the stream — sshd writing into the pipe, the reading thread taking
+    from it — then go first, and the worker has what is left: a first push over the
+    loopback sshd took 0.80 s instead of 0.84 (docs/performance.md, item 25). Starved by
+    other work, the worker could then hold up the reader that waits for its result; so a
+    job submitted in steps (``submit_steps``: objects.Steps) is handed back between two
+    steps when :meth:`result` wants it, and the reader finishes it at its own priority.
     """
 
-    def __init__(self) -> None:
-        self._jobs: deque[tuple[Future[Any], Any, tuple[Any, ...]]] = deque()
+    def __init__(self, nice: int | None = WORKER_NICE) -> None:
+        self._nice = nice  # the worker's nice value; None: as the process's
+        self._jobs: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None  # started by the first job: most pushes' first frames need none
+        self._stepped: dict[Future[Any], _Job] = {}
 
     def _start(self) -> None:
         from concurrent.futures import Future
@@ -853,13 +868,39 @@ class _Verifier:
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
         if kwargs:
             raise TypeError("keyword arguments are not passed on")
+        return self._queue(_Job(fn, args, None))
+
+    def submit_steps(self, steps: Any) -> Future[Any]:
+        """Run a generator (objects.Steps) to its end; the Future gets its return value."""
+        job = _Job(None, (), steps)
+        fut = self._queue(job)
+        self._stepped[fut] = job
+        return fut
+
+    def _queue(self, job: _Job) -> Future[Any]:
         if self._thread is None:
             self._start()
-        fut: Future[Any] = self._future()
+        job.fut = self._future()
         with self._cond:
-            self._jobs.append((fut, fn, args))
+            self._jobs.append(job)
             self._cond.notify()
-        return fut
+        return job.fut
+
+    def result(self, fut: Future[Any]) -> Any:
+        """``fut.result()``, not waiting on the worker where that can be helped: a queued job
+        is run here; a stepped one the worker is running is handed back after its step."""
+        job = self._stepped.pop(fut, None)
+        if job is not None:
+            with self._cond:
+                if job in self._jobs:
+                    self._jobs.remove(job)
+                    job.handed = True
+                elif not fut.done():
+                    job.wanted = True
+                    self._cond.wait_for(lambda: job.handed or fut.done())
+            if job.handed and not fut.done():
+                self._run(job)
+        return fut.result()
 
     def run_one(self) -> bool:
         """Run one queued job in the calling thread; False if none was queued."""
@@ -875,6 +916,9 @@ class _Verifier:
             pass
 
     def _work(self) -> None:
+        if self._nice is not None:
+            with contextlib.suppress(OSError):  # Linux: the nice value of this thread alone
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
         while True:
             with self._cond:
                 while not self._jobs and not self._closed:
@@ -882,15 +926,47 @@ class _Verifier:
                 if not self._jobs:
                     return
                 job = self._jobs.popleft()
-            self._run(job)
+            self._run(job, worker=True)
 
-    @staticmethod
-    def _run(job: tuple[Future[Any], Any, tuple[Any, ...]]) -> None:
-        fut, fn, args = job
-        if not fut.set_running_or_notify_cancel():
+    def _run(self, job: _Job, worker: bool = False) -> None:
+        fut = job.fut
+        if job.steps is None:
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(job.fn(*job.args))
+                except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the future
+                    fut.set_exception(e)
             return
+        if not job.started:
+            job.started = True
+            if not fut.set_running_or_notify_cancel():
+                return
         try:
-            fut.set_result(fn(*args))
+            while True:
+                if worker and job.wanted:
+                    with self._cond:
+                        job.handed = True
+                        self._cond.notify_all()
+                    return
+                next(job.steps)
+        except StopIteration as done:
+            fut.set_result(done.value)
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the future
             fut.set_exception(e)
+        if worker:
+            with self._cond:
+                self._cond.notify_all()  # result() may be waiting for this job to be done
+
+
+class _Job:
+    """One job of a _Verifier: ``fn(*args)``, or a generator run in steps."""
+
+    __slots__ = ("fn", "args", "steps", "fut", "started", "wanted", "handed")
+
+    def __init__(self, fn: Any, args: tuple[Any, ...], steps: Any) -> None:
+        self.fn, self.args, self.steps = fn, args, steps
+        self.fut: Future[Any]
+        self.started = False  # its Future is running
+        self.wanted = False  # result() waits for it: the worker hands it back after this step
+        self.handed = False  # the worker let go of it (or never had it): whoever waits runs the rest
 

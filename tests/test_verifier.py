@@ -1,0 +1,96 @@
+"""The receiver's verify thread (transfer/receiver.py, _Verifier): it runs at the lowest
+priority, and a job the reading thread waits for is not left to it."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from treeship.errors import TransferError
+from treeship.transfer.receiver import WORKER_NICE, _Verifier
+
+WAIT = 30  # seconds: only a broken hand-over gets anywhere near it
+
+
+def _until(condition) -> None:
+    """Poll for a state another thread reaches (readiness, not a sleep standing in for sync)."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "the other thread never got there"
+        time.sleep(0.001)
+
+
+def test_the_worker_runs_at_the_lowest_priority():
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with _Verifier() as pool:
+        fut = pool.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        assert pool.result(fut) == max(own, WORKER_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # the caller's is untouched
+    with _Verifier(nice=None) as pool:  # a --delta push's: its jobs cannot be handed back
+        fut = pool.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        assert pool.result(fut) == own
+
+
+def test_a_stepped_job_the_reader_waits_for_is_handed_back_after_its_step():
+    """The worker is inside a step when the result is wanted: it finishes that step, lets go,
+    and the waiting thread runs the rest, each step exactly once."""
+    ran: list[int] = []
+    started, release = threading.Event(), threading.Event()
+
+    def steps():
+        ran.append(threading.get_ident())
+        started.set()
+        assert release.wait(WAIT)
+        yield
+        for _ in range(5):
+            ran.append(threading.get_ident())
+            yield
+        return "checked"
+
+    with _Verifier() as pool:
+        fut = pool.submit_steps(steps())
+        job = pool._stepped[fut]
+        assert started.wait(WAIT)
+        out: dict[str, object] = {}
+        waiter = threading.Thread(target=lambda: out.update(result=pool.result(fut), thread=threading.get_ident()))
+        waiter.start()
+        _until(lambda: job.wanted)
+        release.set()
+        waiter.join(WAIT)
+        assert not waiter.is_alive()
+    assert out["result"] == "checked"
+    worker = ran[0]
+    assert worker not in (threading.get_ident(), out["thread"])
+    assert ran[1:] == [out["thread"]] * 5
+
+
+def test_a_queued_stepped_job_is_run_by_whoever_waits_for_it():
+    busy, release = threading.Event(), threading.Event()
+
+    def block() -> None:
+        busy.set()
+        assert release.wait(WAIT)
+
+    def steps():
+        yield
+        return threading.get_ident()
+
+    with _Verifier() as pool:
+        first = pool.submit(block)
+        assert busy.wait(WAIT)  # the worker is held: the stepped job stays queued
+        assert pool.result(pool.submit_steps(steps())) == threading.get_ident()
+        release.set()
+        pool.result(first)
+
+
+def test_a_failing_step_fails_the_result_wherever_it_ran():
+    def steps():
+        yield
+        raise TransferError("object x.file: checksum mismatch")
+
+    with _Verifier() as pool:
+        with pytest.raises(TransferError, match="checksum mismatch"):
+            pool.result(pool.submit_steps(steps()))
