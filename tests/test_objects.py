@@ -224,6 +224,29 @@ def test_a_highly_compressible_object_is_checked_in_bounded_memory(tmp_path):
         assert peak < 8 << 20, f"{type(form).__name__}: {peak} bytes at the peak"
 
 
+def test_a_large_object_is_checked_in_steps_of_at_most_a_megabyte(tmp_path):
+    """The receiver's verify thread runs large objects in steps and hands one back between
+    two (transfer/receiver.py, _Verifier): a step must stay short however the content
+    compresses, a megabyte inflated at most, held in memory or spilled to a file alike."""
+    import zlib
+
+    content = bytes(8 << 20)  # deflates ~1000:1: one input chunk would be all of it
+    compress = zlib.compressobj(9, zlib.DEFLATED, -15)
+    obj = _plain_object(compress.compress(content) + compress.flush(), len(content))
+    (tmp_path / "obj").write_bytes(obj)
+    for form in (obj, tmp_path / "obj"):
+        steps = objects.checksum_steps(form, _plain_checksum_of(content), None)
+        taken = 0
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                assert done.value == _plain_checksum_of(content)
+                break
+            taken += 1
+        assert taken >= 8, f"{type(form).__name__}: {taken} steps for 8 MiB"
+
+
 @pytest.mark.parametrize("size", [2**62 + 1, 2**63 - 1, 2**63, 2**64 - 1])
 def test_a_header_declaring_an_impossible_size_is_refused_without_a_limit(archive_objects, size):
     """Without max_size, a size past what inflate's output bound can hold was an OverflowError

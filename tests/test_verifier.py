@@ -94,3 +94,44 @@ def test_a_failing_step_fails_the_result_wherever_it_ran():
     with _Verifier() as pool:
         with pytest.raises(TransferError, match="checksum mismatch"):
             pool.result(pool.submit_steps(steps()))
+
+
+def test_a_job_handed_back_to_an_interrupted_waiter_is_not_lost():
+    """A signal (Ctrl-C on a local push) interrupts result() after the worker let go of the
+    job: the job goes back to the queue, and the receiver's error path, which waits for
+    every pending job, gets its result instead of hanging (found by a reviewer)."""
+    ran: list[int] = []
+    started, release = threading.Event(), threading.Event()
+
+    def steps():
+        ran.append(threading.get_ident())
+        started.set()
+        assert release.wait(WAIT)
+        yield
+        for _ in range(3):
+            ran.append(threading.get_ident())
+            yield
+        return "checked"
+
+    with _Verifier() as pool:
+        fut = pool.submit_steps(steps())
+        job = pool._stepped[fut]
+        assert started.wait(WAIT)
+        real_wait_for = pool._cond.wait_for
+
+        def interrupted(predicate, timeout=None):
+            release.set()  # the worker finishes its step, sees the job wanted, lets go
+            assert real_wait_for(predicate, WAIT) and job.handed
+            pool._cond.wait_for = real_wait_for
+            raise KeyboardInterrupt
+
+        pool._cond.wait_for = interrupted
+        with pytest.raises(KeyboardInterrupt):
+            pool.result(fut)
+        out: dict[str, object] = {}  # what the error path does next, in a thread: a lost job would hang it
+        again = threading.Thread(target=lambda: out.update(result=pool.result(fut)), daemon=True)
+        again.start()
+        again.join(WAIT)
+        assert not again.is_alive(), "the job was lost: nobody will finish it"
+    assert out["result"] == "checked"
+    assert len(ran) == 4  # every step once, whichever thread ran it

@@ -283,11 +283,25 @@ def _gvariant_offset_size(total: int) -> int:
 def content_checksum(src: bytes | Path, checksum: str, max_size: int | None, plain_only: bool = False) -> str:
     """The content checksum of an object in archive form (``.filez``), its expansion bounded
     (see :func:`checksum_steps`)."""
-    return finish(checksum_steps(src, checksum, max_size, plain_only))
+    if isinstance(src, bytes):
+        got = _plain_checksum(src, max_size, _PLAIN_MAX)
+        if got is not None:
+            return got
+    return finish(_general_steps(src, checksum, max_size, plain_only))
 
 
 def checksum_steps(src: bytes | Path, checksum: str, max_size: int | None, plain_only: bool = False) -> Steps[str]:
-    """:func:`content_checksum` in steps, a megabyte of input each (see ``Steps`` in this module).
+    """:func:`content_checksum` in steps (see ``Steps`` in this module): none inflates more
+    than a megabyte of input or of output."""
+    if isinstance(src, bytes):
+        got = _plain_checksum(src, max_size, _INFLATE_CHUNK)
+        if got is not None:
+            return got
+    return (yield from _general_steps(src, checksum, max_size, plain_only))
+
+
+def _general_steps(src: bytes | Path, checksum: str, max_size: int | None, plain_only: bool) -> Steps[str]:
+    """The content checksum of anything: a step per inflate call (at most a megabyte in or out).
 
     The format (libostree's ostree-core-private.h): a u32 BE header length, 4 bytes of
     padding, a ``(tuuuusa(ayay))`` header (size, uid, gid, mode, rdev, symlink target,
@@ -302,10 +316,6 @@ def checksum_steps(src: bytes | Path, checksum: str, max_size: int | None, plain
     verify thread runs in parallel with the reading one; ``ostree fsck`` in the tests
     cross-checks, and a differential test holds the verdicts to the standard library's zlib.
     """
-    if isinstance(src, bytes):
-        got = _plain_checksum(src, max_size)
-        if got is not None:
-            return got
     bad = f"object {checksum}.file: malformed"
     with open(src, "rb") if isinstance(src, Path) else contextlib.nullcontext(memoryview(src)) as f:
         read = f.read if isinstance(src, Path) else _reader(f)
@@ -355,6 +365,7 @@ def checksum_steps(src: bytes | Path, checksum: str, max_size: int | None, plain
                 if produced > size:
                     raise TransferError(f"{bad}: its content is longer than the {size} bytes its header says")
                 h.update(out)
+                yield
                 chunk = inflater.unconsumed_tail
                 if inflater.eof:
                     if chunk or inflater.unused_data:
@@ -365,7 +376,6 @@ def checksum_steps(src: bytes | Path, checksum: str, max_size: int | None, plain
                 if chunk and not out:  # input left, nothing out: inflate does not do that; a guard
                     raise TransferError(f"{bad}: its content does not inflate (no progress)")
             body_sent = True
-            yield
         # A symlink's body is empty as libostree writes it; one sent anyway must be a whole,
         # empty deflate stream (not, say, a megabyte of empty blocks that never ends).
         if produced != size or not (inflater.eof or (is_link and not body_sent)):
@@ -379,19 +389,20 @@ _NUMBERS = struct.Struct(">QIIII")
 _PLAIN_MAX = 4 << 20  # content inflated in one call by _plain_checksum, at most
 
 
-def _plain_checksum(data: bytes, max_size: int | None) -> str | None:
+def _plain_checksum(data: bytes, max_size: int | None, whole: int = _PLAIN_MAX) -> str | None:
     """content_checksum of an object held in memory with the plain regular header, when all is
     well; None for anything else, which content_checksum's general path judges (and names).
 
     Most objects of a push are such, and small: this is the reading thread's share of each
     (docs/performance.md), without the general path's reader, header arithmetic and loop;
     the bytes hashed are the same (the header re-framed as content_checksum explains). Only
-    content up to _PLAIN_MAX is taken: it is inflated in one piece.
+    content up to ``whole`` bytes is taken (_PLAIN_MAX; a megabyte for checksum_steps): it
+    is inflated in one piece.
     """
     if not data.startswith(_PLAIN_START) or len(data) < 34:
         return None
     size, _uid, _gid, mode, rdev = _NUMBERS.unpack_from(data, 8)
-    if rdev or size > _PLAIN_MAX or (max_size is not None and size > max_size) \
+    if rdev or size > whole or (max_size is not None and size > max_size) \
             or not _plain_regular_header(data[8:34], mode):
         return None  # (a larger one is inflated piecewise by the general path: memory stays bounded)
     inflater = _inflate.decompressobj(-15)

@@ -15,6 +15,7 @@ import fcntl
 import os
 import re
 import stat
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -831,12 +832,15 @@ class _Verifier:
 
     The worker runs at the lowest priority (nice 19, its thread only). On a machine whose
     cores are all busy during a push (on two: ssh, sshd, the pusher and both threads here),
-    the ones that move the stream — sshd writing into the pipe, the reading thread taking
-    from it — then go first, and the worker has what is left: a first push over the
-    loopback sshd took 0.80 s instead of 0.84 (docs/performance.md, item 25). Starved by
-    other work, the worker could then hold up the reader that waits for its result; so a
-    job submitted in steps (``submit_steps``: objects.Steps) is handed back between two
-    steps when :meth:`result` wants it, and the reader finishes it at its own priority.
+    the reading thread, which moves the stream, then goes first (and, where the kernel does
+    not group a session's threads for scheduling, sshd too), and the worker has what is
+    left: a first push over the loopback sshd took 0.815 s instead of 0.845
+    (docs/performance.md, item 25). Starved by other work, the worker could then hold up
+    the reader when it waits for a result; so a job submitted in steps (``submit_steps``:
+    objects.Steps, at most a megabyte of inflating each) is handed back between two steps
+    when :meth:`result` wants it, and the reader finishes it at its own priority. (A
+    starved worker holding the GIL or this pool's lock can still delay the reader; it holds
+    either only briefly, between two calls into C.)
     """
 
     def __init__(self, nice: int | None = WORKER_NICE) -> None:
@@ -889,17 +893,31 @@ class _Verifier:
     def result(self, fut: Future[Any]) -> Any:
         """``fut.result()``, not waiting on the worker where that can be helped: a queued job
         is run here; a stepped one the worker is running is handed back after its step."""
-        job = self._stepped.pop(fut, None)
+        job = self._stepped.get(fut)
         if job is not None:
-            with self._cond:
-                if job in self._jobs:
-                    self._jobs.remove(job)
-                    job.handed = True
-                elif not fut.done():
-                    job.wanted = True
-                    self._cond.wait_for(lambda: job.handed or fut.done())
-            if job.handed and not fut.done():
-                self._run(job)
+            try:
+                with self._cond:
+                    if job in self._jobs:
+                        self._jobs.remove(job)
+                        job.handed = True
+                    elif not fut.done():
+                        job.wanted = True
+                        self._cond.wait_for(lambda: job.handed or fut.done())
+                if job.handed and not fut.done():
+                    self._run(job)
+            except BaseException:
+                # Interrupted (a signal, say) before the job was done: it goes back to the
+                # queue, for the worker or for the next result() (a receiver's error path
+                # waits for every pending job), never left with no thread to finish it.
+                with self._cond:
+                    if not fut.done():
+                        if job.handed:
+                            job.handed = False
+                            self._jobs.appendleft(job)
+                            self._cond.notify_all()
+                        job.wanted = False
+                raise
+            del self._stepped[fut]
         return fut.result()
 
     def run_one(self) -> bool:
@@ -916,7 +934,7 @@ class _Verifier:
             pass
 
     def _work(self) -> None:
-        if self._nice is not None:
+        if self._nice is not None and sys.platform == "linux":
             with contextlib.suppress(OSError):  # Linux: the nice value of this thread alone
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
         while True:
@@ -938,9 +956,9 @@ class _Verifier:
                     fut.set_exception(e)
             return
         if not job.started:
-            job.started = True
             if not fut.set_running_or_notify_cancel():
                 return
+            job.started = True
         try:
             while True:
                 if worker and job.wanted:
@@ -953,9 +971,8 @@ class _Verifier:
             fut.set_result(done.value)
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the future
             fut.set_exception(e)
-        if worker:
-            with self._cond:
-                self._cond.notify_all()  # result() may be waiting for this job to be done
+        with self._cond:
+            self._cond.notify_all()  # result() may be waiting for this job to be done
 
 
 class _Job:
