@@ -834,11 +834,11 @@ class _Verifier:
     cores are all busy during a push (on two: ssh, sshd, the pusher and both threads here),
     the reading thread, which moves the stream, then goes first (and, where the kernel does
     not group a session's threads for scheduling, sshd too), and the worker has what is
-    left: a first push over the loopback sshd took 0.815 s instead of 0.845
-    (docs/performance.md, item 25). Starved by other work, the worker could then hold up
-    the reader when it waits for a result; so a job submitted in steps (``submit_steps``:
-    objects.Steps, at most a megabyte of inflating each) is handed back between two steps
-    when :meth:`result` wants it, and the reader finishes it at its own priority. (A
+    left: a first push over the loopback sshd took 1–4% less (docs/performance.md, item
+    25). Starved by other work, the worker could then hold up the reader when it waits for
+    a result; so a job submitted in steps (``submit_steps``: objects.Steps, at most a
+    megabyte of inflating each) is handed back between two steps when :meth:`result` wants
+    it, and the reader finishes it at its own priority. (A
     starved worker holding the GIL or this pool's lock can still delay the reader; it holds
     either only briefly, between two calls into C.)
     """
