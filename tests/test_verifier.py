@@ -34,31 +34,42 @@ def test_the_worker_runs_at_the_lowest_priority():
         assert pool.result(fut) == own
 
 
+class _HeldJob:
+    """A stepped job the worker has started and holds inside its first step until
+    ``release`` is set; then ``more`` steps. ``ran``: the thread of each step, in order."""
+
+    def __init__(self, pool: _Verifier, more: int) -> None:
+        self.ran: list[int] = []
+        self.release = threading.Event()
+        started = threading.Event()
+
+        def steps():
+            self.ran.append(threading.get_ident())
+            started.set()
+            assert self.release.wait(WAIT)
+            yield
+            for _ in range(more):
+                self.ran.append(threading.get_ident())
+                yield
+            return "checked"
+
+        self.fut = pool.submit_steps(steps())
+        self.job = pool._stepped[self.fut]
+        assert started.wait(WAIT)
+
+
 def test_a_stepped_job_the_reader_waits_for_is_handed_back_after_its_step():
     """The worker is inside a step when the result is wanted: it finishes that step, lets go,
     and the waiting thread runs the rest, each step exactly once."""
-    ran: list[int] = []
-    started, release = threading.Event(), threading.Event()
-
-    def steps():
-        ran.append(threading.get_ident())
-        started.set()
-        assert release.wait(WAIT)
-        yield
-        for _ in range(5):
-            ran.append(threading.get_ident())
-            yield
-        return "checked"
-
     with _Verifier() as pool:
-        fut = pool.submit_steps(steps())
-        job = pool._stepped[fut]
-        assert started.wait(WAIT)
+        held = _HeldJob(pool, more=5)
+        ran = held.ran
         out: dict[str, object] = {}
-        waiter = threading.Thread(target=lambda: out.update(result=pool.result(fut), thread=threading.get_ident()))
+        waiter = threading.Thread(target=lambda: out.update(result=pool.result(held.fut),
+                                                            thread=threading.get_ident()))
         waiter.start()
-        _until(lambda: job.wanted)
-        release.set()
+        _until(lambda: held.job.wanted)
+        held.release.set()
         waiter.join(WAIT)
         assert not waiter.is_alive()
     assert out["result"] == "checked"
@@ -100,28 +111,14 @@ def test_a_job_handed_back_to_an_interrupted_waiter_is_not_lost():
     """A signal (Ctrl-C on a local push) interrupts result() after the worker let go of the
     job: the job goes back to the queue, and the receiver's error path, which waits for
     every pending job, gets its result instead of hanging (found by a reviewer)."""
-    ran: list[int] = []
-    started, release = threading.Event(), threading.Event()
-
-    def steps():
-        ran.append(threading.get_ident())
-        started.set()
-        assert release.wait(WAIT)
-        yield
-        for _ in range(3):
-            ran.append(threading.get_ident())
-            yield
-        return "checked"
-
     with _Verifier() as pool:
-        fut = pool.submit_steps(steps())
-        job = pool._stepped[fut]
-        assert started.wait(WAIT)
+        held = _HeldJob(pool, more=3)
+        fut, ran = held.fut, held.ran
         real_wait_for = pool._cond.wait_for
 
         def interrupted(predicate, timeout=None):
-            release.set()  # the worker finishes its step, sees the job wanted, lets go
-            assert real_wait_for(predicate, WAIT) and job.handed
+            held.release.set()  # the worker finishes its step, sees the job wanted, lets go
+            assert real_wait_for(predicate, WAIT) and held.job.handed
             pool._cond.wait_for = real_wait_for
             raise KeyboardInterrupt
 
