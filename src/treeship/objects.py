@@ -183,7 +183,7 @@ class ObjectStore:
         finish(self.install_steps(src, checksum, max_size))
 
     def install_steps(self, src: bytes | Path, checksum: str, max_size: int | None = None) -> Steps[None]:
-        """:meth:`install_content` in steps, a megabyte of input each (see ``Steps`` in this module)."""
+        """:meth:`install_content` in steps, at most a megabyte inflated each (see ``Steps`` in this module)."""
         _match(checksum, (yield from checksum_steps(src, checksum, max_size)))
         self.place(src, checksum, "filez")
 
@@ -245,7 +245,7 @@ def _match(checksum: str, got: str) -> None:
 
 
 # Steps[T]: work done in steps. Each ``next()`` does a bounded piece (here: inflating and
-# hashing at most a megabyte of input); the generator's return value is the result. The
+# hashing at most a megabyte, in or out); the generator's return value is the result. The
 # receiver's verify thread runs large objects so, at a low priority, and hands a job back
 # between two steps when the reading thread needs its result (transfer/receiver.py,
 # _Verifier): one step is the longest the reading thread waits on a starved thread.

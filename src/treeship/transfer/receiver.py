@@ -838,9 +838,9 @@ class _Verifier:
     25). Starved by other work, the worker could then hold up the reader when it waits for
     a result; so a job submitted in steps (``submit_steps``: objects.Steps, at most a
     megabyte of inflating each) is handed back between two steps when :meth:`result` wants
-    it, and the reader finishes it at its own priority. (A
-    starved worker holding the GIL or this pool's lock can still delay the reader; it holds
-    either only briefly, between two calls into C.)
+    it, and the reader finishes it at its own priority. (A starved worker holding the GIL
+    or this pool's lock can still delay the reader; it holds either only briefly, between
+    two calls into C.)
     """
 
     def __init__(self, nice: int | None = WORKER_NICE) -> None:
