@@ -206,9 +206,11 @@ def test_several_branches_and_every_kind_of_remote(treeship, server, tmp_path):
     heads = {b: release(treeship, write_tree(tmp_path / b.replace("/", "-"), tag=b), local, b)
              for b in ("app/x86_64", "app/aarch64", "sdk/x86_64")}
 
-    plain = tmp_path / "plain" / "repo"  # created by the receiver, parents too
+    plain = tmp_path / "plain" / "repo"  # created by the receiver, in a directory that exists
+    (tmp_path / "plain").mkdir()
     out = push(treeship, local, str(plain), *heads).json()
     assert [r["status"] for r in out["refs"]] == ["ok"] * 3
+    assert out["created"] == str(plain)
     fsck(plain)
     assert refs(plain) == heads
     assert ostree("config", "--repo", plain, "get", "core.mode").stdout.strip() in ("archive", "archive-z2")

@@ -68,8 +68,8 @@ def test_urls_out_of_the_ordinary_read_as_before(url):
 def test_commands_split_as_shlex_splits_them(command):
     try:
         expected = shlex.split(command)
-    except ValueError:  # an unclosed quote: shlex's own error, as before
-        with pytest.raises(ValueError):
+    except ValueError as e:  # an unclosed quote: shlex's words, as one usage error
+        with pytest.raises(UsageError, match=str(e)):
             transport.split_command(command)
         return
     assert transport.split_command(command) == expected
@@ -109,16 +109,62 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("text", CONFIGS)
-@pytest.mark.parametrize("extra", [None, '[remote "releases"]\nurl=ssh://from-remotes-d/x\n', "[broken\n"])
-def test_remote_urls_read_as_configparser_reads_them(tmp_path, text, extra):
+def test_remote_urls_read_as_configparser_reads_them(tmp_path, text):
     (tmp_path / "config").write_text(text)
-    files = [tmp_path / "config"]
-    if extra is not None:
-        (tmp_path / "remotes.d").mkdir()
-        (tmp_path / "remotes.d" / "r.conf").write_text(extra)
-        files.append(tmp_path / "remotes.d" / "r.conf")
     for name in ("releases", "other", "missing"):
-        assert transport.configured_remote_url(str(tmp_path), name) == _configparser_url(files, name), (text, name)
+        assert transport.configured_remote_url(str(tmp_path), name) == _configparser_url([tmp_path / "config"], name), \
+            (text, name)
+
+
+def test_a_remotes_d_beside_the_config_is_not_read_as_libostree_does_not_read_it(tmp_path):
+    """For a repository that is not a system's, libostree (and so `ostree remote list`) reads
+    remotes from the repository's config alone; a push must not find a remote there that
+    neither lists."""
+    subprocess.run(["ostree", "init", "--repo", str(tmp_path), "--mode=archive"], check=True)
+    (tmp_path / "remotes.d").mkdir()
+    (tmp_path / "remotes.d" / "r.conf").write_text('[remote "hidden"]\nurl=ssh://h/x\n')
+    listed = subprocess.run(["ostree", "remote", "list", "--repo", str(tmp_path)], capture_output=True, text=True,
+                            check=True).stdout
+    assert "hidden" not in listed
+    assert transport.configured_remote_url(str(tmp_path), "hidden") is None
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("", "empty remote URL"),
+    ("   ", "empty remote URL"),
+    (" ssh://h/r", "spaces around"),
+    ("ssh://h/r\n", "spaces around"),
+    ("releases.example.org:/srv/releases", "scp's host:path"),
+    ("alice@host:srv/releases", "scp's host:path"),
+    ("ssh:/releases.example.org/srv", "a ssh URL begins ssh://"),
+    ("file:/srv/releases", "a file URL begins file://"),
+    ("ssh://h/r?x=1", "no query or fragment"),
+    ("ssh://h/r#f", "no query or fragment"),
+    ("file:///tmp/q?x=1", "no query or fragment"),
+    ("ssh://h:0/r", "bad port"),
+    ("ssh://h:00/r", "bad port"),
+])
+def test_a_remote_url_that_would_be_misread_is_refused(url, why):
+    """Each of these once named some other place: scp's form and a mistyped scheme a local
+    directory (which a push then created, reporting success), a query a shorter path, port
+    0 port 22."""
+    with pytest.raises(UsageError, match=why):
+        transport.parse_url(url)
+
+
+@pytest.mark.parametrize(("url", "target"), [
+    ("./host:path", transport.Target("local", "./host:path")),
+    ("/srv/a:b", transport.Target("local", "/srv/a:b")),
+    ("ssh://h/r%3Fx", transport.Target("ssh", "/r?x", "h")),
+    ("ssh://[::1]:2222/r", transport.Target("ssh", "/r", "::1", None, 2222)),
+])
+def test_what_those_refusals_leave_possible(url, target):
+    assert transport.parse_url(url) == target
+
+
+def test_an_ipv6_host_prints_in_brackets():
+    assert str(transport.parse_url("ssh://u@[::1]:2222/r")) == "ssh://u@[::1]:2222/r"
+    assert str(transport.parse_url("ssh://[fe80::1]/r")) == "ssh://[fe80::1]/r"
 
 
 def test_a_remote_given_as_a_url_or_path_is_not_looked_up(tmp_path):

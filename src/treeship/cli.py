@@ -7,6 +7,7 @@ code (the table is in :mod:`treeship.errors` and docs/cli.md).
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -24,7 +25,31 @@ repo_option = click.option(
     "--repo", "repo_path", envvar="TREESHIP_REPO", default=DEFAULT_REPO, show_default=True,
     show_envvar=True, type=click.Path(readable=False, path_type=str),  # Repo.open checks it: exit 5
     help="The releases repository (an OSTree repo).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object for machines.")
+
+
+class _Json:
+    """Whether this command was asked for --json, and whether it printed its object: a
+    failure then prints one too (main), so that a machine reading stdout always gets JSON."""
+
+    asked = False
+    printed = False
+
+
+def _json_asked(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    _Json.asked = _Json.asked or value
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, callback=_json_asked,
+                           help="Print one JSON object for machines (on failure too: ok false, the error, "
+                                "its exit code).")
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A FloatRange takes nan (every comparison with it is false): a timeout of nan never fires."""
+    if value is not None and math.isnan(value):
+        raise click.BadParameter("not a number")
+    return value
 
 
 def trust_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -38,7 +63,19 @@ def trust_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _emit_json(obj: Any) -> None:
+    _Json.printed = True
     click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def _json_failure(code: int, message: str) -> None:
+    """With --json, a failure's JSON object on stdout, unless the command printed one (a
+    rejected push prints its result); the one line on stderr says it for people."""
+    if not _Json.asked or _Json.printed:
+        return
+    try:
+        _emit_json({"ok": False, "error": {"message": message, "exit_code": code}})
+    except (OSError, ValueError):  # stdout is gone: the exit code says it
+        pass
 
 
 def _human_bytes(n: float) -> str:
@@ -443,12 +480,21 @@ def remote() -> None:
 @click.argument("url")
 @repo_option
 def remote_add(name: str, url: str, repo_path: str) -> None:
-    """Add remote NAME at URL: ssh://[user@]host[:port]/path, file:///path or a path."""
-    from .release import open_or_create
+    """Add remote NAME at URL: ssh://[user@]host[:port]/path, file:///path or a path.
+
+    A relative path is stored as an absolute one: a push finds the same place from any
+    directory."""
+    import os
+
+    from .repo import Repo
     from .transfer.transport import parse_url
 
-    parse_url(url)
-    open_or_create(repo_path).remote_add(name, url)
+    if parse_url(url).kind == "local" and not url.startswith("file://"):
+        url = os.path.abspath(url)
+    repo = Repo.open(repo_path)  # a typo in --repo makes no new repository
+    if name in repo.remotes():
+        raise UsageError(f"remote {name!r} exists already, at {repo.remotes()[name]}")
+    repo.remote_add(name, url)
     click.echo(f"Added remote {name} → {url}")
 
 
@@ -499,7 +545,7 @@ def _push_progress(enabled: bool) -> Iterator[Callable[[int, int, int, int], Non
               help="treeship on the server, if it is not on the remote PATH.")
 @click.option("--delta", is_flag=True,
               help="Send a static delta from the receiver's head instead of objects (fewer bytes: for slow links).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True, callback=_finite,
               help="Give up when nothing has moved either way for this many seconds (a hung server, a dead link).")
 @json_option
 def push(remote_name: str, branches: tuple[str, ...], repo_path: str, force: bool, ssh_command: str | None,
@@ -545,6 +591,8 @@ def _print_push(result: Any, as_json: bool) -> None:
                f"{printable(result.remote)} in {result.seconds:.1f} s")
     for message in result.messages:
         click.echo(f"treeship: warning: {printable(message)}", err=True)
+    if result.created:
+        click.echo(f"created the repository {printable(result.created)}")
 
 
 @cli.command()
@@ -552,7 +600,7 @@ def _print_push(result: Any, as_json: bool) -> None:
 @click.option("--config", "config", type=click.Path(dir_okay=False, path_type=str),
               help="Receive policy (TOML); see docs/server.md. Default: any branch, fast-forward only.")
 @click.option("--key-id", help="Who is pushing (set per key in authorized_keys).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True, callback=_finite,
               help="Give up when the pusher sends nothing for this many seconds.")
 @click.option("--create", is_flag=True, hidden=True, help="Create the repository if missing (local pushes).")
 def receive(repo_path: str, config: str | None, key_id: str | None, timeout: float, create: bool) -> None:
@@ -593,12 +641,24 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except click.Abort:
         click.echo("treeship: interrupted", err=True)
+        _json_failure(130, "interrupted")
         sys.exit(130)
     except click.ClickException as e:
         e.show()
+        _json_failure(e.exit_code, e.format_message())
         sys.exit(e.exit_code)
-    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        sys.exit(report(e))
-    except KeyboardInterrupt as e:
-        sys.exit(report(e))
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        code = report(e)
+        _json_failure(code, _failure_message(e))
+        sys.exit(code)
     sys.exit(0)
+
+
+def _failure_message(e: BaseException) -> str:
+    from .errors import TreeshipError
+
+    if isinstance(e, TreeshipError):
+        return e.message
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    return f"internal error: {type(e).__name__}: {e}"

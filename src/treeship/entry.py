@@ -129,6 +129,10 @@ def main() -> None:
     try:
         _main()
         code = 0
+    except KeyboardInterrupt as e:  # a Ctrl-C before the CLI's own handling is in place (while importing)
+        from .errors import report
+
+        code = report(e)
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             code = e.code or 0

@@ -55,6 +55,7 @@ class PushResult:
     seconds: float = 0.0
     messages: list[str] = field(default_factory=list)
     deltas: list[dict[str, Any]] = field(default_factory=list)  # push --delta: the static deltas sent
+    created: str | None = None  # a local remote's repository, made by this push
 
     @property
     def ok(self) -> bool:
@@ -78,11 +79,17 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
     trace.mark("pusher: started")
     if not branches:
         raise UsageError("name at least one branch to push")
+    for branch in branches:
+        if not layout.plainly_valid_branch(branch):
+            from ..repo.refs import validate_branch
+
+            validate_branch(branch)  # a malformed name is a usage error, not "no such branch"
     if not Path(repo_path, "config").is_file():
         from ..repo import Repo
 
         Repo.open(repo_path)  # raises the precise error
     target = resolve_remote(repo_path, remote)
+    creating = _new_local_repository(repo_path, remote, target.path) if target.kind == "local" else None
     argv = receive_argv(target, ssh_command=ssh_command, receive_command=receive_command,
                         create=target.kind == "local")
     # Without the cipher treeship prefers (transfer/ciphers.py): for an ssh that refuses it.
@@ -116,7 +123,7 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
                 conn = Connection(plain)  # once: `plain` is not retried
                 continue
             if isinstance(e, TransferError) and tail and tail not in e.message and not e.message.startswith("remote"):
-                raise TransferError(f"{e.message} ({tail})") from None
+                raise TransferError(f"{e.message} ({tail}){_hint(tail)}") from None
             raise
         except BaseException:
             conn.close(kill=True)
@@ -127,6 +134,8 @@ def push(repo_path: str, remote: str, branches: list[str], *, force: bool = Fals
     rc = conn.close()
     trace.mark("pusher: receiver exited")
     result.seconds = round(time.monotonic() - started, 3)
+    if creating is not None and layout.is_repo(creating):
+        result.created = creating
     if rc != 0 and result.ok:
         raise TransferError(f"receiver exited with status {rc}: {conn.stderr_tail() or 'no message'}")
     if not result.ok:
@@ -169,6 +178,56 @@ class _Watchdog:
                 self.fired = True
                 self.conn.proc.kill()  # the session's reads and writes then fail at once
                 return
+
+
+def _new_local_repository(repo_path: str, remote: str, path: str) -> str | None:
+    """The absolute path of a local remote that does not exist yet (the receiver creates it),
+    or None if it exists; UsageError where creating it would more likely be a mistake: a
+    branch name where the remote was meant (``treeship push BRANCH BRANCH``), or a path
+    whose parent directory does not exist (a typo makes no tree of directories)."""
+    dest = os.path.abspath(path)
+    if os.path.lexists(dest):
+        return None
+    if layout.plainly_valid_branch(remote) and os.path.isfile(os.path.join(repo_path, "refs", "heads", remote)):
+        raise UsageError(f"{remote!r} is a branch of {repo_path}, not a remote: treeship push REMOTE BRANCH...")
+    parent = os.path.dirname(dest)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{path}: no such repository, and {parent} does not exist (a push creates a local "
+                         "repository only in a directory that exists)")
+    return dest
+
+
+#: the last words of ssh or of the server's shell (bash, dash), and what to do about them
+_HINTS = (
+    (("command not found", ": not found"), "is treeship installed on the server? --receive-command or "
+                                           "$TREESHIP_RECEIVE names it where it is not on the PATH"),
+    (("Host key verification failed",), "ssh does not know this host's key yet: connect once with ssh to "
+                                        "check and accept it"),
+    (("Permission denied (",), "the server accepts none of your keys: load one into ssh-agent, or name it "
+                               "with --ssh-command 'ssh -i KEY'"),
+)
+
+
+def _hint(tail: str) -> str:
+    """What to do about the last line the receiver's process printed, where it is a usual one."""
+    return next((f": {hint}" for words, hint in _HINTS if any(w in tail for w in words)), "")
+
+
+def _expect_hello(reader: wire.Reader) -> wire.Frame:
+    """The receiver's HELLO; where the first bytes are no frame at all, the error shows them:
+    most often text that a login banner or the account's shell start-up files printed."""
+    try:
+        return reader.expect(wire.HELLO)
+    except TransferError as e:
+        text = reader.unread(80)
+        if not e.message.startswith("protocol error") or not text:
+            raise
+        from ..errors import printable
+
+        shown = printable((text.partition(b"\n")[0] or text).decode("utf-8", "replace"))  # its first line
+        raise TransferError(f"the remote sent {shown!r} before treeship spoke (a login banner, or the server "
+                            f"account's shell start-up files printing to stdout? see docs/server.md); "
+                            f"{e.message}") from None
 
 
 def _remote_refs(hello: dict[str, Any]) -> dict[str, str]:
@@ -226,7 +285,7 @@ def _session(repo: Repo, reader: wire.Reader, writer: wire.Writer, remote: str, 
     parents = {p for c in closures if (p := repo.commit(c).parent) and repo.has_commit(p)}
     held = {p: repo.reachable(p, strict=False) for p in parents - set(closures)}
     trace.mark("pusher: closures walked")
-    hello = reader.expect(wire.HELLO).json()
+    hello = _expect_hello(reader).json()
     trace.mark("pusher: hello")
     if hello.get("magic") != wire.MAGIC or hello.get("protocol") != wire.PROTOCOL_VERSION:
         raise TransferError(f"{remote}: the receiver speaks another protocol ({hello.get('protocol')!r})")

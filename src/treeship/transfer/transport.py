@@ -54,8 +54,9 @@ class Target:
         if self.kind == "local":
             return self.path
         user = f"{self.user}@" if self.user else ""
-        port = f":{self.port}" if self.port else ""
-        return f"ssh://{user}{self.host}{port}{self.path}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host  # an IPv6 address
+        port = f":{self.port}" if self.port is not None else ""
+        return f"ssh://{user}{host}{port}{self.path}"
 
 
 def _plain_ssh_url(url: str) -> Target | None:
@@ -66,13 +67,18 @@ def _plain_ssh_url(url: str) -> Target | None:
     host, colon, port = hostport.partition(":")
     if not (slash and path and host) or not _PLAIN_NAME.issuperset(host) or not _PLAIN_PATH.issuperset(path) \
             or (at and not (user and _PLAIN_NAME.issuperset(user))) \
-            or (colon and not (port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535)):
+            or (colon and not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) <= 65535)):
         return None
     return Target("ssh", "/" + path, host.lower(), user or None, int(port) if port else None)
 
 
 def parse_url(url: str) -> Target:
-    """``ssh://[user@]host[:port]/path``, ``file:///path`` or a plain local path."""
+    """``ssh://[user@]host[:port]/path``, ``file:///path`` or a plain local path.
+
+    Refused rather than guessed: an empty URL, one with spaces around it, and scp's
+    ``host:path`` (and ``ssh:/host/path``), which would otherwise name a local directory
+    that a push creates: a release reported as pushed that never left the machine.
+    """
     if url.startswith("ssh://") and (plain := _plain_ssh_url(url)) is not None:
         return plain
     return _parse_url(url)
@@ -80,8 +86,14 @@ def parse_url(url: str) -> Target:
 
 def _parse_url(url: str) -> Target:
     """parse_url through urllib.parse, for any URL."""
+    if not url.strip():
+        raise UsageError("empty remote URL (ssh://[user@]host[:port]/path, file:///path or a path)")
+    if url != url.strip():
+        raise UsageError(f"{url!r}: spaces around a remote URL")
     from urllib.parse import unquote, urlsplit
 
+    if url.startswith(("ssh://", "file://")) and ("?" in url or "#" in url):
+        raise UsageError(f"{url}: a remote URL has no query or fragment (write a '?' in a path as %3F, a '#' as %23)")
     if url.startswith("ssh://"):
         u = urlsplit(url)
         if not u.hostname or not u.path or u.path == "/":
@@ -90,6 +102,8 @@ def _parse_url(url: str) -> Target:
             port = u.port
         except ValueError:
             raise UsageError(f"{url}: bad port") from None
+        if port == 0:
+            raise UsageError(f"{url}: bad port")
         return Target("ssh", unquote(u.path), u.hostname, unquote(u.username) if u.username else None, port)
     if url.startswith("file://"):
         u = urlsplit(url)
@@ -98,21 +112,26 @@ def _parse_url(url: str) -> Target:
         return Target("local", unquote(u.path))
     if "://" in url:
         raise UsageError(f"{url}: unsupported URL scheme (use ssh://, file:// or a path)")
+    head = url.partition("/")[0]
+    if ":" in head:
+        scheme = head.partition(":")[0]
+        if scheme in ("ssh", "file"):
+            raise UsageError(f"{url}: a {scheme} URL begins {scheme}:// (or write ./{url} for a local directory)")
+        raise UsageError(f"{url}: scp's host:path is not a remote here; write ssh://[user@]host[:port]/path "
+                         f"(or ./{url} for a local directory)")
     return Target("local", url)
 
 
 def configured_remote_url(repo_path: str, name: str) -> str | None:
-    """The URL of remote ``name`` in the repo's config (or remotes.d/), as `ostree remote add` writes it.
+    """The URL of remote ``name`` in the repo's config, as `ostree remote add` writes it.
 
     Read directly (a key file, documented in ostree.repo-config(5)) so that the SSH
-    connection can start before libostree is even loaded.
+    connection can start before libostree is even loaded. Only the repository's own config,
+    as libostree reads it for a repository that is not a system's (/ostree/repo) and as
+    `ostree remote list` and `treeship remote list` show it: a remotes.d/ beside it is not
+    read by either.
     """
-    remotes_d = os.path.join(repo_path, "remotes.d")
-    try:
-        extra = sorted(os.path.join(remotes_d, n) for n in os.listdir(remotes_d) if n.endswith(".conf"))
-    except OSError:
-        extra = []
-    files = [os.path.join(repo_path, "config"), *extra]
+    files = [os.path.join(repo_path, "config")]
     plain, url = _plain_remote_url(files, name)
     if plain:
         return url
@@ -193,11 +212,22 @@ def receive_argv(target: Target, *, ssh_command: str | None = None, receive_comm
     remote = receive_command or os.environ.get("TREESHIP_RECEIVE") or "treeship"
     remote_cmd = f"{remote} receive --repo {shell_quote(target.path)}"
     dest = f"{target.user}@{target.host}" if target.user else str(target.host)
-    port = ["-p", str(target.port)] if target.port else []
+    port = ["-p", str(target.port)] if target.port is not None else []
     from .ciphers import cipher_options
 
     cipher = cipher_options(ssh) if prefer_cipher else []
-    return [*ssh, *cipher, *port, "-o", "BatchMode=yes", "-e", "none", "-T", "--", dest, remote_cmd]
+    # At a terminal ssh may ask, as it does for git: a key's passphrase, a new host's key.
+    # Anywhere else (CI, a script) it must fail at once rather than wait for an answer.
+    batch = [] if _at_terminal() else ["-o", "BatchMode=yes"]
+    return [*ssh, *cipher, *port, *batch, "-e", "none", "-T", "--", dest, remote_cmd]
+
+
+def _at_terminal() -> bool:
+    """Whether the pusher's stdin and stderr are a terminal (someone is there to answer)."""
+    try:
+        return os.isatty(0) and os.isatty(2)
+    except OSError:
+        return False
 
 
 def split_command(command: str) -> list[str]:
@@ -206,7 +236,10 @@ def split_command(command: str) -> list[str]:
         return command.split()
     import shlex
 
-    return shlex.split(command)
+    try:
+        return shlex.split(command)
+    except ValueError as e:  # "No closing quotation", "No escaped character"
+        raise UsageError(f"--ssh-command / $TREESHIP_SSH: {e}: {command}") from None
 
 
 def shell_quote(word: str) -> str:

@@ -174,6 +174,10 @@ class Reader:
         self._pos = end + _HEADER.size
         return payload
 
+    def unread(self, limit: int) -> bytes:
+        """Up to ``limit`` bytes received and not read as frames yet (to show in an error)."""
+        return bytes(self._buf[self._pos:self._pos + limit])
+
     def expect(self, ftype: bytes) -> Frame:
         frame = self.read()
         if frame.type == ERROR:
