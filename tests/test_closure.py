@@ -165,3 +165,16 @@ def test_a_content_object_does_not_stand_in_for_a_dirmeta_of_its_checksum(open_r
     assert open_repo(repo).check_closure(evil) == f"dirmeta {content} is missing"
     placed = {f"{content[:2]}/{content[2:]}.filez"}
     assert open_repo(repo).check_closure(evil, placed=placed) == f"dirmeta {content} is missing"
+
+
+def test_past_the_objects_it_remembers_the_walk_looks_them_up_again(open_repo, history, monkeypatch):
+    """What the closure check remembers having found is bounded (memory, whatever the tree's
+    size); past that, an object met twice is looked up twice, and the verdicts are the same."""
+    from treeship import closure
+
+    monkeypatch.setattr(closure, "SEEN_AT_MOST", 1)
+    repo, first, _ = history
+    assert open_repo(repo).check_closure(first) is None
+    csum = _entry(repo, first, "/same/top")
+    _object(repo, csum, "filez").unlink()
+    assert open_repo(repo).check_closure(first) == f"content object {csum} is missing"

@@ -512,3 +512,36 @@ def test_a_replaced_file_never_looks_older_than_the_one_it_replaces(tmp_path):
     filerepo.replace_file(fresh, b"x", tmp_path)
     assert abs(os.stat(fresh).st_mtime_ns - os.stat(tmp_path).st_mtime_ns) < 60 * 10**9  # not pushed ahead
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "refs"]  # no temp file left
+
+
+def _ref_setup(tmp_path: Path) -> tuple[Path, Path]:
+    repo = tmp_path / "repo"
+    ostree("init", "--repo", repo, "--mode=archive")
+    heads = repo / "refs" / "heads"
+    filerepo.set_refs(repo, {"a": "1" * 64, "gone": "2" * 64})
+    (heads / "b").mkdir()
+    (heads / "b" / "c").write_text("3" * 64 + "\n")  # "b" cannot become a ref: a rename over it fails
+    return repo, heads
+
+
+def test_refs_of_one_call_move_all_or_none_when_a_rename_fails(tmp_path):
+    """A push moves its refs together: should one of them fail, the refs moved before it
+    are put back, new ones removed and deleted ones restored (found by a reviewer, who made
+    the second rename fail with EIO)."""
+    repo, heads = _ref_setup(tmp_path)
+    with pytest.raises(StorageError, match="writing ref b"):
+        filerepo.set_refs(repo, {"a": "4" * 64, "new/one": "5" * 64, "gone": None, "b": "6" * 64})
+    assert (heads / "a").read_text() == "1" * 64 + "\n"
+    assert (heads / "gone").read_text() == "2" * 64 + "\n"
+    assert not (heads / "new").exists()
+    assert (heads / "b" / "c").read_text() == "3" * 64 + "\n"
+    assert [p.name for p in (repo / "tmp").iterdir() if p.name.startswith(".new-")] == []  # nothing left aside
+
+
+def test_refs_of_one_call_all_move(tmp_path):
+    repo, heads = _ref_setup(tmp_path)
+    filerepo.set_refs(repo, {"a": "4" * 64, "new/one": "5" * 64, "gone": None})
+    assert (heads / "a").read_text() == "4" * 64 + "\n"
+    assert (heads / "new" / "one").read_text() == "5" * 64 + "\n"
+    assert not (heads / "gone").exists()
+    assert [p.name for p in (repo / "tmp").iterdir() if p.name.startswith(".new-")] == []

@@ -524,3 +524,18 @@ def test_adoption_takes_only_our_whole_content_objects(archive_objects, tmp_path
         assert adopted == 1 and [p.relative_to(repo / "objects") for p in landed] == [Path(obj.parent.name, name)]
     else:
         assert adopted == 0 and landed == []
+
+
+def test_the_objects_a_session_remembers_placing_are_bounded(tmp_path: Path, monkeypatch):
+    """``placed`` spares the closure check a stat per object; past TRACKED_AT_MOST it stops
+    growing (~200 bytes an object: 400,000 objects were 99 MB), and those objects are
+    looked up as any other."""
+    monkeypatch.setattr(objects, "TRACKED_AT_MOST", 2)
+    repo = tmp_path / "repo"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    store = objects.ObjectStore(repo, staging=str(tmp_path / "stage"))
+    for n in range(5):
+        store.place(b"x%d" % n, _name("ab", n), "filez")
+    store.unstage()
+    assert len(store.placed) == 2
+    assert len(list((repo / "objects" / "ab").iterdir())) == 5

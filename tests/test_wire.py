@@ -154,7 +154,6 @@ def test_whole_data_takes_one_buffered_data_frame_and_its_end() -> None:
 
 @pytest.mark.parametrize("rest", [
     wire.encode(wire.DATA, b"abc") + wire.encode(wire.DATA, b"d") + wire.encode(wire.END),  # two chunks
-    wire.encode(wire.DATA, b"abc") + wire.encode(wire.END, b"x"),  # an END with a payload
     wire.encode(wire.DATA, b"abc") + wire.encode(wire.END)[:-1],  # END not buffered whole
     wire.encode(wire.DATA, b"abc"),  # END not buffered at all
     wire.encode(wire.DATA, b"") + wire.encode(wire.END),  # an empty DATA frame (the receiver refuses it)
@@ -172,6 +171,15 @@ def test_whole_data_leaves_anything_else_to_the_frame_by_frame_path(rest: bytes)
             after.append(wire.encode(frame.type, frame.payload))
     read_again = b"".join(after)
     assert rest.startswith(read_again) and len(rest) - len(read_again) < 5  # (a cut header is never a frame)
+
+
+def test_an_end_with_a_payload_is_no_frame() -> None:
+    """END carries nothing: a payload there was neither stored nor counted against a push's size."""
+    reader = _reader_after_object(wire.encode(wire.DATA, b"abc") + wire.encode(wire.END, b"x"))
+    assert reader.whole_data(limit=1 << 20) is None
+    assert reader.read().payload == b"abc"
+    with pytest.raises(TransferError, match="frame b'E' of 1 bytes exceeds 0"):
+        reader.read()
 
 
 def test_whole_data_leaves_a_payload_over_the_limit_to_the_frame_by_frame_path() -> None:

@@ -14,6 +14,7 @@ from . import layout, objects
 from .errors import RepoError
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs a receiver ~10 ms
+SEEN_AT_MOST = 100_000  # objects check_closure remembers having found
 if TYPE_CHECKING:
     from typing import Protocol
 
@@ -117,7 +118,10 @@ def check_closure(repo: Trees, objects_dir: str, commit: str, content_suffix: st
     up again (a first push: thousands).
     """
     suffix = {FILE: content_suffix, DIRMETA: "dirmeta"}
-    seen: set[str] = set()  # by path, type and all: a content object is no dirmeta of the same checksum
+    # by path, type and all (a content object is no dirmeta of the same checksum); the first
+    # SEEN_AT_MOST only, so that memory stays bounded however large the tree (past them, an
+    # object met twice is looked up twice)
+    seen: set[str] = set()
     try:
         for csum, objtype in tree_objects(repo, commit, skip_complete_parent=True):
             if objtype in suffix:
@@ -127,7 +131,8 @@ def check_closure(repo: Trees, objects_dir: str, commit: str, content_suffix: st
                 if relpath not in placed and not os.path.exists(f"{objects_dir}/{relpath}"):
                     kind = "content object" if objtype == FILE else "dirmeta"
                     return f"{kind} {csum} is missing"
-                seen.add(relpath)
+                if len(seen) < SEEN_AT_MOST:
+                    seen.add(relpath)
     except RepoError as e:
         return e.message
     except MissingTree as e:

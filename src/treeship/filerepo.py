@@ -468,30 +468,99 @@ def ref_conflict(path: Path, name: str, others: Iterable[str] = ()) -> str | Non
 
 
 def set_refs(path: Path, refs: dict[str, str | None], workdir: Path | None = None) -> None:
-    """Move refs (None deletes), each atomically: written to a temp file in ``workdir``
-    (default tmp/), flushed, then renamed over refs/heads/NAME.
+    """Move refs (None deletes): every ref its new value, or, should moving one fail, every
+    ref its old one.
 
+    Each new ref file is written and flushed in ``workdir`` (default tmp/) first, with a copy
+    of each ref it replaces: what can run out of space is done before anything moves. Then
+    each is renamed over refs/heads/NAME; if a rename fails, those done are renamed back.
     libostree's own ref writes (transaction_set_ref) use a temp name inside refs/heads/,
-    which a crash leaves behind as a stray branch (``main/tmp.AbC123``). Here a crash
-    leaves each ref its old or new value, and nothing else under refs/.
+    which a crash leaves behind as a stray branch (``main/tmp.AbC123``). Here a crash leaves
+    each ref its old or new value, and nothing else under refs/ (as with libostree, a crash
+    between two renames leaves the refs before it moved: see docs/reliability.md).
     """
     heads = path / "refs" / "heads"
     work = workdir or path / "tmp"
-    for name, checksum in refs.items():
-        dest = heads / name
+    aside: list[str] = []
+    moved: list[tuple[str, str | None]] = []  # ref, its copy from before (None: there was none)
+    name = ""
+    try:
         try:
-            if checksum is None:
-                dest.unlink(missing_ok=True)
-                for parent in dest.relative_to(heads).parents[:-1]:  # empty directories go too
-                    with contextlib.suppress(OSError):
-                        (heads / parent).rmdir()
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            replace_file(dest, f"{checksum}\n".encode(), work)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise StorageError(f"{path}: no space left on device (writing ref {name})") from None
-            raise StorageError(f"{path}: writing ref {name}: {e.strerror}") from None
+            plan = []
+            for name, checksum in refs.items():
+                dest = heads / name
+                old = _read_ref(dest)
+                before = _write_aside(work, old, aside, flush=False) if old is not None else None
+                if checksum is not None:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    plan.append((name, _write_aside(work, f"{checksum}\n".encode(), aside), before))
+                else:
+                    plan.append((name, None, before))
+            for name, new, before in plan:
+                _put_ref(heads, name, new)
+                moved.append((name, before))
+        except OSError:
+            for done, before in reversed(moved):  # back as they were, as far as that goes
+                with contextlib.suppress(OSError):
+                    if before is not None:
+                        _flush_file(before)
+                    _put_ref(heads, done, before)
+            raise
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise StorageError(f"{path}: no space left on device (writing ref {name})") from None
+        raise StorageError(f"{path}: writing ref {name}: {e.strerror}") from None
+    finally:
+        for tmp in aside:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _read_ref(dest: Path) -> bytes | None:
+    try:
+        return dest.read_bytes()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def _write_aside(work: Path, data: bytes, aside: list[str], flush: bool = True) -> str:
+    """A 0644 file holding ``data`` in ``work``, to be renamed into place; flushed unless
+    ``flush`` is false (the copies of old refs: flushed only if they are put back)."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=work, prefix=".new-")
+    aside.append(tmp)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        if flush:
+            f.flush()
+            os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    return tmp
+
+
+def _flush_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _put_ref(heads: Path, name: str, tmp: str | None) -> None:
+    """Rename ``tmp`` over refs/heads/NAME, or (None) delete the ref and its emptied directories."""
+    dest = heads / name
+    if tmp is None:
+        dest.unlink(missing_ok=True)
+        for parent in dest.relative_to(heads).parents[:-1]:
+            with contextlib.suppress(OSError):
+                (heads / parent).rmdir()
+        return
+    from .generations import later_mtime
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    later_mtime(tmp, dest)
+    os.replace(tmp, dest)
 
 
 def replace_file(dest: Path, data: bytes, workdir: Path, flush: bool = True) -> None:

@@ -151,23 +151,24 @@ LIST_FROM = 4  # objects asked about in one objects/XX directory from which list
 def objects_present(path: str | os.PathLike[str], objects: list[tuple[str, str]]) -> list[bool]:
     """has_object for many (checksum, type) at once, in order. Where several fall in one
     objects/XX directory it is listed once instead: a first push asks about thousands of
-    objects, and a stat each (most of them failing) took ~12 ms of its start."""
-    where = [object_relpath(checksum, SUFFIX[objtype]).partition("/") for checksum, objtype in objects]
-    per_dir: dict[str, int] = {}
-    for directory, _, _ in where:
-        per_dir[directory] = per_dir.get(directory, 0) + 1
-    listings: dict[str, frozenset[str] | None] = {}
-    out = []
-    for (checksum, objtype), (directory, _, name) in zip(objects, where, strict=True):
-        if objtype != "commit" and per_dir[directory] >= LIST_FROM:
-            if directory not in listings:
-                listings[directory] = _existing(f"{path}/objects/{directory}")
-            listing = listings[directory]
+    objects, and a stat each (most of them failing) took ~12 ms of its start. One listing
+    at a time is held: in a repository of millions of objects they would add up."""
+    out: list[bool | None] = [None] * len(objects)
+    per_dir: dict[str, list[int]] = {}
+    for i, (checksum, objtype) in enumerate(objects):
+        if objtype == "commit":
+            out[i] = has_object(path, checksum, objtype)
+        else:
+            per_dir.setdefault(checksum[:2], []).append(i)
+    for directory, indices in per_dir.items():
+        listing = _existing(f"{path}/objects/{directory}") if len(indices) >= LIST_FROM else None
+        for i in indices:
+            checksum, objtype = objects[i]
             if listing is not None:
-                out.append(name in listing)
-                continue
-        out.append(has_object(path, checksum, objtype))
-    return out
+                out[i] = object_relpath(checksum, SUFFIX[objtype]).partition("/")[2] in listing
+            else:
+                out[i] = has_object(path, checksum, objtype)
+    return [bool(x) for x in out]
 
 
 def _existing(directory: str) -> frozenset[str] | None:

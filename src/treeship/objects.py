@@ -36,6 +36,7 @@ except ImportError:  # a platform without its wheel: the standard library's zlib
     import zlib as _inflate  # type: ignore[no-redef]
 
 SPILL_SIZE = 4 << 20  # a received object larger than this goes to a file, not memory
+TRACKED_AT_MOST = 100_000  # placed objects remembered by name: memory stays bounded whatever the push
 _HEX_DIGITS = frozenset("0123456789abcdef")
 _MODE_BITS = stat.S_IFMT(0o170000) | 0o7777  # what ostree_validate_structureof_file_mode allows besides the type
 
@@ -74,7 +75,9 @@ class ObjectStore:
         self._tainted: set[str] = set()  # staged directories where a write failed: moved file by file
         self._listed: set[str] | None = None  # objects/XX present when staging began
         self._lock = threading.Lock()
-        self.placed: set[str] = set()  # XX/REST.SUFFIX of what was placed (a closure check need not stat them)
+        # XX/REST.SUFFIX of what was placed (a closure check need not stat them): the first
+        # TRACKED_AT_MOST, ~200 bytes each; past them, a closure check stats as for any object
+        self.placed: set[str] = set()
 
     def close(self) -> None:
         for fd in (self._fd, self._staging_fd):
@@ -128,7 +131,8 @@ class ObjectStore:
                 write_staged_file(self._staging_fd, relpath, src)
             else:
                 write_new_file(self._fd, directory, name, src)
-            self.placed.add(relpath)
+            if len(self.placed) < TRACKED_AT_MOST:
+                self.placed.add(relpath)
         except OSError as e:
             if staged:  # a file cut short may be left there (if removing it failed too)
                 self._tainted.add(directory)

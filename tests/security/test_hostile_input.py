@@ -658,7 +658,9 @@ def test_signatures_for_a_commit_the_push_does_not_move_to(hostile, rel, server_
 
 def _commitmeta(**entries: list[bytes]) -> bytes:
     """A .commitmeta (a{sv}) with ``aay`` entries, keys spelled with "_" for "." (ostree_sign_ed25519)."""
-    value = {k.replace("_", "."): GLib.Variant("aay", v) for k, v in entries.items()}
+    ay = GLib.VariantType.new("ay")  # each child from its bytes: GLib.Variant("aay", …) makes a variant per byte
+    value = {k.replace("_", "."): GLib.Variant.new_array(ay, [GLib.Variant.new_from_bytes(ay, GLib.Bytes.new(s), True)
+                                                              for s in v]) for k, v in entries.items()}
     return bytes(GLib.Variant("a{sv}", value).get_data_as_bytes().get_data())
 
 
@@ -804,9 +806,10 @@ def test_metadata_objects_are_bounded_as_libostree_bounds_them(hostile):
 
 
 def test_the_signatures_of_one_push_are_bounded(hostile):
-    """Each .commitmeta (up to 16 MiB) is held until the refs move: five branches' worth is refused."""
-    commits = [f"{i:064x}" for i in range(1, 6)]
-    metas = b"".join(object_frames(T["commitmeta"], c, bytes(15 << 20)) for c in commits)
+    """Each .commitmeta (up to 10 MiB, as clients take) is held until the refs move: two
+    branches' worth of 9 MiB is refused (16 MiB in all)."""
+    commits = [f"{i:064x}" for i in range(1, 3)]
+    metas = b"".join(object_frames(T["commitmeta"], c, bytes(9 << 20)) for c in commits)
     out = hostile(stream(update(*((f"scratch/{i}", None, c) for i, c in enumerate(commits))), metas, finish()))
     assert out.rc == 11 and "the signatures of this push exceed" in out.error, out.error
 
@@ -824,3 +827,69 @@ def test_a_lock_held_past_the_timeout_is_one_clear_error(hostile, rel, tmp_path)
                       timeout=1, repo=repo)
     assert out.rc != 0 and "held this repository's lock for 1 s" in out.error, out.error
     assert not object_path(repo, f"{rel.v1}.commit").exists()  # placing the commit is what waited for the lock
+
+
+# -- what a control frame or a signature object may cost (found by a reviewer) --------------------
+
+
+@pytest.mark.parametrize("payload,why", [
+    (b"[" * 200_000 + b"]" * 200_000, "holds too many JSON objects or arrays"),  # nested: the parser's stack
+    (b'{"refs":[' + b"{}," * 300_000 + b'{}]}', "holds too many JSON objects or arrays"),  # 300,000 dicts: ~30 MB
+    (b" " * 70_000 + b"[" * 1_030 + b"]" * 1_030, "is not valid JSON"),  # within the count, too deep to parse
+])
+def test_a_json_bomb_in_a_control_frame_is_refused_before_it_costs(hostile, payload, why):
+    """A HELLO of 5.6 million "{}" took 460 MB before anything of it was checked, and one
+    nested 200,000 deep ended the receiver with a RecursionError, the peer never told."""
+    out = hostile(wire.encode(wire.HELLO, payload))
+    assert out.rc == 11 and why in out.error, out.error
+
+
+def test_a_query_of_anything_but_object_names_is_refused_before_it_is_parsed(hostile):
+    out = hostile(stream(update((MAIN, None, "a" * 64)), wire.encode(wire.QUERY, b'{"objects":[' + b'"ab",' * 500_000
+                                                                   + b'"ab"]}')))
+    assert out.rc == 11 and "too many values for object names" in out.error, out.error
+
+
+@pytest.mark.parametrize("ftype,length", [(wire.END, 1), (wire.FINISH, (64 << 10) + 1), (wire.UPDATE, (1 << 20) + 1)])
+def test_each_frame_type_has_its_own_limit(hostile, ftype, length):
+    """An END carries nothing (a payload there was neither stored nor counted against the
+    push's size); a FINISH or an UPDATE is small."""
+    prefix = stream() if ftype == wire.UPDATE else stream(update((MAIN, None, "a" * 64)))
+    out = hostile(prefix + struct.pack(">cI", ftype, length) + b"x" * 100)
+    assert out.rc == 11 and "exceeds" in out.error, out.error
+
+
+@pytest.mark.parametrize("entries,why", [
+    ({"ostree_sign_ed25519": [bytes(10)]}, "a signature of 10 bytes under ostree.sign.ed25519"),
+    ({"ostree_gpgsigs": [b"x" * ((64 << 10) + 1)]}, "a signature of 65537 bytes under ostree.gpgsigs"),
+    ({"ostree_gpgsigs": [bytes([i % 256, i // 256]) for i in range(1025)]}, "more than 1024 signatures"),
+])
+def test_signatures_that_are_none_are_refused(hostile, unbound, tmp_path, entries, why):
+    """Two million 2-byte "signatures" in one .commitmeta took 1.5 GB and 52 s; an ed25519
+    signature that is not 64 bytes is none, and would make a client's check fail."""
+    local, commit = unbound
+    out = hostile(stream(update(("main/plain", None, commit)), objects_of(local, commit, meta=False),
+                         object_frames(T["commitmeta"], commit, _commitmeta(**entries)), finish()))
+    assert out.rc == 11 and why in out.error, out.error
+
+
+def test_detached_metadata_larger_than_clients_take_is_refused(hostile, unbound, tmp_path):
+    """libostree clients refuse a .commitmeta over 10 MiB (OSTREE_MAX_METADATA_SIZE): one sent
+    larger is refused, and so is a push whose signatures would grow the commit's past it."""
+    local, commit = unbound
+    repo = tmp_path / "srv"
+    ostree("init", "--repo", repo, "--mode=archive")
+    whole = _commitmeta(ostree_gpgsigs=[os.urandom(60_000) for _ in range(180)])  # 10.8 MB
+    out = hostile(stream(update(("a/x", None, commit)), objects_of(local, commit, meta=False),
+                         object_frames(T["commitmeta"], commit, whole), finish()), repo=repo)
+    assert out.rc == 11 and "exceeds" in out.error, out.error
+    first, second = ([os.urandom(60_000) for _ in range(100)] for _ in range(2))  # 6 MB each: one is taken
+    out = hostile(stream(update(("a/x", None, commit)), objects_of(local, commit, meta=False),
+                         object_frames(T["commitmeta"], commit, _commitmeta(ostree_gpgsigs=first)), finish()),
+                  repo=repo, moved={"a/x": commit})
+    assert out.ref_status()["a/x"]["status"] == "ok", out
+    out = hostile(stream(update(("b/x", None, commit)),
+                         object_frames(T["commitmeta"], commit, _commitmeta(ostree_gpgsigs=second)), finish()),
+                  repo=repo)
+    status = out.ref_status()["b/x"]
+    assert status["status"] == "rejected" and "would exceed 10 MiB" in status["reason"], status

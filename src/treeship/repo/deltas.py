@@ -3,6 +3,7 @@ parts parsed as untrusted data, applied offline into a bare-user repository."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,14 +72,21 @@ def _object_list(raw: bytes, what: str) -> list[tuple[str, int]]:
     return out
 
 
-def parse_delta_superblock(data: bytes) -> DeltaSuperblock:
-    """A superblock's content; TransferError when it is not a well-formed unsigned superblock."""
+def parse_delta_superblock(data: bytes, expect: tuple[str, str] | None = None) -> DeltaSuperblock:
+    """A superblock's content; TransferError when it is not a well-formed unsigned superblock,
+    or (``expect``: source and target) not the delta from that commit to that one, carrying
+    the target commit itself: told before its object lists are read."""
     v = GLib.Variant.new_from_bytes(GLib.VariantType.new(DELTA_SUPERBLOCK_TYPE), GLib.Bytes.new(data), False)
     if not v.is_normal_form():
         raise TransferError("static delta: the superblock is malformed (not in normal form)")
     to = _csum_v(v.get_child_value(3), "its target")
     commit_v = v.get_child_value(4)
     commit = bytes(commit_v.get_data_as_bytes().get_data() or b"")
+    if expect is not None:
+        if (_csum_v(v.get_child_value(2), "its source", empty_ok=True), to) != expect:
+            raise TransferError("static delta: the superblock is not the delta announced")
+        if hashlib.sha256(commit).hexdigest() != expect[1]:
+            raise TransferError(f"static delta: the commit it carries does not hash to {expect[1]}")
     parts = []
     headers = v.get_child_value(6)
     for i in range(headers.n_children()):

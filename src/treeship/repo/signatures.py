@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RepoError, SigningError, TransferError
-from .core import Gio, GLib, OSTree, _Core, _from_variant, _storage_error
+from .core import Gio, GLib, OSTree, _Core, _from_variant, _storage_error, aay
 
 GPG_KEY = "ostree.gpgsigs"  # where OSTree keeps a commit's signatures, in its detached metadata
 ED25519_KEY = "ostree.sign.ed25519"
+MAX_DETACHED_KEYS = 64  # entries of one .commitmeta a push may bring
+MAX_SIGNATURES_PER_KEY = 1024
+MAX_SIGNATURE_SIZE = 64 << 10  # an OpenPGP signature is a few hundred bytes; an ed25519 one 64
 
 
 @dataclass
@@ -85,8 +88,9 @@ class _Signatures(_Core):
         if old is not None:
             existing = [bytes(old.get_child_value(j).get_data_as_bytes().get_data() or b"")
                         for j in range(old.n_children())]
-        merged = existing + [s for s in signatures if s not in existing]
-        entries[key] = GLib.Variant("aay", merged)
+        have = set(existing)
+        merged = existing + [s for s in dict.fromkeys(signatures) if s not in have]
+        entries[key] = aay(merged)
         try:
             self._repo.write_commit_detached_metadata(checksum, GLib.Variant("a{sv}", entries), None)
         except GLib.Error as e:
@@ -94,18 +98,37 @@ class _Signatures(_Core):
 
     @staticmethod
     def parse_signatures(commit: str, data: bytes) -> dict[str, list[bytes]]:
-        """The signatures (``aay`` entries) of a received .commitmeta; TransferError if malformed."""
+        """The signatures (``aay`` entries) of a received .commitmeta; TransferError if malformed.
+
+        Bounded before anything is copied out: at most MAX_DETACHED_KEYS entries and
+        MAX_SIGNATURES_PER_KEY signatures under a key, none over MAX_SIGNATURE_SIZE, an
+        ed25519 one exactly 64 bytes (anything else is no signature, and breaks a client's
+        check of the good ones)."""
         try:
             v = GLib.Variant.new_from_bytes(GLib.VariantType.new("a{sv}"), GLib.Bytes.new(data), False)
             if not v.is_normal_form():
                 raise TransferError(f"{commit}.commitmeta: not in normal form")
+            if v.n_children() > MAX_DETACHED_KEYS:
+                raise TransferError(f"{commit}.commitmeta: more than {MAX_DETACHED_KEYS} entries")
             incoming = {v.get_child_value(i).get_child_value(0).get_string():
                         v.get_child_value(i).get_child_value(1).get_variant() for i in range(v.n_children())}
         except GLib.Error as e:
             raise TransferError(f"{commit}.commitmeta: malformed: {e.message}") from None
-        return {key: [bytes(val.get_child_value(j).get_data_as_bytes().get_data() or b"")
-                      for j in range(val.n_children())]
-                for key, val in incoming.items() if val.get_type_string() == "aay"}
+        out: dict[str, list[bytes]] = {}
+        for key, val in incoming.items():
+            if val.get_type_string() != "aay":
+                continue
+            if val.n_children() > MAX_SIGNATURES_PER_KEY:
+                raise TransferError(f"{commit}.commitmeta: more than {MAX_SIGNATURES_PER_KEY} signatures under {key}")
+            sigs = []
+            for j in range(val.n_children()):
+                child = val.get_child_value(j)
+                size = child.get_size()
+                if size > MAX_SIGNATURE_SIZE or (key == ED25519_KEY and size != 64):
+                    raise TransferError(f"{commit}.commitmeta: a signature of {size} bytes under {key}")
+                sigs.append(bytes(child.get_data_as_bytes().get_data() or b""))
+            out[key] = sigs
+        return out
 
     def merge_detached_signatures(self, commit: str, data: bytes) -> None:
         """Add the signatures of a received .commitmeta to the commit's own, never dropping any."""

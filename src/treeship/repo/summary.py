@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from .. import generations, layout
 from ..errors import SigningError
-from .core import GLib, OSTree, _Core, _storage_error
+from .core import GLib, OSTree, _Core, _storage_error, aay
 
 if TYPE_CHECKING:
     from . import Repo
@@ -77,7 +77,7 @@ class _Summary(_Core):
                                               False)
             entries = {old.get_child_value(i).get_child_value(0).get_string():
                        old.get_child_value(i).get_child_value(1).get_variant() for i in range(old.n_children())}
-        entries[key] = GLib.Variant("aay", signatures)
+        entries[key] = aay(signatures)
         data = GLib.Variant("a{sv}", entries).get_data_as_bytes().get_data()
         tmp = sig_path.with_name(f".summary.sig.{os.getpid()}")
         tmp.write_bytes(bytes(data or b""))

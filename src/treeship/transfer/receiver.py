@@ -39,8 +39,8 @@ OBJECT_TYPES = wire.OBJECT_TYPES
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")  # not "$": it matches before a final "\n"
 _TYPE_NAMES = layout.TYPE_NAMES
-MAX_COMMITMETA = 16 << 20
-MAX_SIGNATURES = 64 << 20  # all the .commitmeta of one push: held until the refs move
+MAX_COMMITMETA = 10 << 20  # libostree's OSTREE_MAX_METADATA_SIZE: clients refuse a larger .commitmeta
+MAX_SIGNATURES = 16 << 20  # all the .commitmeta of one push: held until the refs move
 MAX_COMMITS = 100_000  # commits in one push (each is held until the end; a history of 10,000 is long)
 FRAME_COST = 43  # what an object's OBJECT and END frames count against the push's size, data aside
 MAX_IN_FLIGHT = 16 << 20  # bytes of received objects queued for verification in memory
@@ -660,10 +660,17 @@ class Receiver:
         rules = self.policy.signature_rules(u.ref)
         incoming = self.signatures.get(u.new, {})
         existing = self.repo.detached_metadata(u.new) if incoming else {}
-        added = {key: new for key, sigs in incoming.items()
-                 if (new := [s for s in sigs if s not in (existing.get(key) or [])])}
+        added: dict[str, list[bytes]] = {}
+        for key, sigs in incoming.items():
+            have = set(existing.get(key) or [])  # a set: thousands of signatures compared with thousands
+            if new := [s for s in dict.fromkeys(sigs) if s not in have]:
+                added[key] = new
         if added:
             self.added[u.new] = added
+            if self._merged_size(u.new, added) > MAX_COMMITMETA:
+                u.reject(f"the signatures of {u.new[:12]} would exceed {MAX_COMMITMETA >> 20} MiB, "
+                         "more than ostree clients accept")
+                return
         if not rules:
             return
         from .. import signing  # here, after the rules: importing it (PyNaCl) costs a push ~8 ms
@@ -695,6 +702,15 @@ class Receiver:
             for sig, check in zip(fresh, checks[len(checks) - len(fresh):], strict=True):
                 if check.status == "good":
                     self.vouched.add((u.new, sig))
+
+    def _merged_size(self, commit: str, added: dict[str, list[bytes]]) -> int:
+        """About how large the commit's detached metadata grows with ``added`` (an upper bound:
+        GVariant framing is at most 8 bytes per element here)."""
+        try:
+            size = os.stat(f"{self.repo_path}/objects/{layout.object_relpath(commit, 'commitmeta')}").st_size
+        except OSError:
+            size = 0
+        return size + sum(len(key) + 16 + sum(len(s) + 8 for s in sigs) for key, sigs in added.items())
 
     def _unvouched(self, commit: str) -> str:
         """Why this push may not add its signatures to ``commit``, which another branch points at

@@ -42,8 +42,19 @@ DELTA = b"L"  # JSON pusher→receiver: a static delta's files follow, each as D
 
 CONTROL_TYPES = {HELLO, UPDATE, PREFLIGHT, QUERY, MISSING, FINISH, STATUS, ERROR, DELTA}
 ALL_TYPES = CONTROL_TYPES | {OBJECT, DATA, END}
-MAX_CONTROL = 16 << 20  # a QUERY of ~250k object names
+MAX_CONTROL = 6 << 20  # a QUERY or MISSING of 50,000 object names (QUERY_BATCH) is up to 3.9 MB
 MAX_DATA = 1 << 20
+#: The largest payload of each frame type, whichever end reads it: what a peer can make the
+#: other hold, and parse, before anything of it is checked.
+FRAME_LIMITS = {OBJECT: 33, DATA: MAX_DATA, END: 0, HELLO: MAX_CONTROL, UPDATE: 1 << 20, PREFLIGHT: MAX_CONTROL,
+                QUERY: MAX_CONTROL, MISSING: MAX_CONTROL, FINISH: 64 << 10, STATUS: MAX_CONTROL,
+                ERROR: 64 << 10, DELTA: 8 << 20}
+#: JSON containers a control frame may hold, per byte: each ref of an UPDATE or a STATUS is
+#: one small object (~170 bytes). A frame of "[]" or "{}" would be ~60 bytes of memory per 2
+#: bytes read, and nested ones run the parser out of stack. A DELTA lists its files as
+#: [name, size] pairs, at most delta.MAX_FILES of them.
+_BYTES_PER_CONTAINER = 64
+_MAX_CONTAINERS = {DELTA: 100_000 + 16}
 CHUNK = 1 << 20
 SENDFILE_FROM = 64 << 10  # Writer.send_file: files this large are copied by the kernel
 PIPE_SIZE = 1 << 20  # Linux's pipe-max-size by default: the most an unprivileged process may ask for
@@ -80,9 +91,16 @@ class Frame:
         return f"Frame({self.type!r}, {self.payload[:40]!r}{'…' if len(self.payload) > 40 else ''})"
 
     def json(self) -> dict[str, Any]:
+        payload = self.payload
+        containers = _MAX_CONTAINERS.get(self.type, len(payload) // _BYTES_PER_CONTAINER + 16)
+        if payload.count(b"{") + payload.count(b"[") > containers:
+            raise TransferError(f"protocol error: frame {self.type!r} holds too many JSON objects or arrays")
+        if self.type in (QUERY, MISSING) and payload.count(b",") > len(payload) // 64 + 16:
+            # object names are 70 bytes and more: anything denser is not a list of them
+            raise TransferError(f"protocol error: frame {self.type!r} holds too many values for object names")
         try:
-            obj = json.loads(self.payload)
-        except (ValueError, UnicodeDecodeError):
+            obj = json.loads(payload)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise TransferError(f"protocol error: frame {self.type!r} is not valid JSON") from None
         if not isinstance(obj, dict):
             raise TransferError(f"protocol error: frame {self.type!r} is not a JSON object")
@@ -142,9 +160,9 @@ class Reader:
     def read(self) -> Frame:
         self._fill(_HEADER.size)
         ftype, length = _HEADER.unpack_from(self._buf, self._pos)
-        if ftype not in ALL_TYPES:
+        limit = FRAME_LIMITS.get(ftype)
+        if limit is None:
             raise TransferError(f"protocol error: unknown frame type {ftype!r}")
-        limit = MAX_DATA if ftype == DATA else (32 + 1 if ftype == OBJECT else MAX_CONTROL)
         if length > limit:
             raise TransferError(f"protocol error: frame {ftype!r} of {length} bytes exceeds {limit}")
         self._fill(_HEADER.size + length)
