@@ -50,7 +50,8 @@ def test_plain_arguments_take_the_fast_path(argv, expected):
 
 @pytest.mark.parametrize("argv", [
     ["push", "x"], ["receive", "--help"], ["receive", "--repo"], ["receive", "--timeout", "0.5"],
-    ["receive", "--timeout", "nan"], ["receive", "--timeout", "soon"], ["receive", "--bogus"],
+    ["receive", "--timeout", "nan"], ["receive", "--timeout", "inf"], ["receive", "--timeout", "1e300"],
+    ["receive", "--timeout", "soon"], ["receive", "--bogus"],
     ["receive", "extra-argument"], ["receive", "--create=yes"], ["receive", "--repo", ""],
 ])
 def test_anything_else_goes_to_click(argv):
@@ -61,8 +62,15 @@ def test_click_still_gives_help_and_errors(tmp_path):
     exe = [sys.executable, "-m", "treeship"]
     out = subprocess.run([*exe, "receive", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "authorized_keys" in out.stdout
-    bad = subprocess.run([*exe, "receive", "--timeout", "0"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--timeout" in bad.stderr
+    for value in ("0", "inf", "1e300", "nan"):  # inf and 1e300 overflowed the receiver's clock: exit 1
+        bad = subprocess.run([*exe, "receive", "--timeout", value], capture_output=True, text=True)
+        assert bad.returncode == 2 and "--timeout" in bad.stderr, (value, bad.stderr)
+
+
+def test_both_ends_of_the_entry_take_the_same_timeouts():
+    from treeship import cli
+
+    assert entry.MAX_TIMEOUT == cli.MAX_TIMEOUT
 
 
 def test_fast_path_reports_errors_as_the_cli_does(tmp_path):

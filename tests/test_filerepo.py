@@ -538,6 +538,16 @@ def test_refs_of_one_call_move_all_or_none_when_a_rename_fails(tmp_path):
     assert [p.name for p in (repo / "tmp").iterdir() if p.name.startswith(".new-")] == []  # nothing left aside
 
 
+def test_a_failed_call_leaves_no_directory_behind(tmp_path):
+    """A ref not reached (after the failing one) made no refs/heads/q/, which would keep a
+    branch ``q`` from ever being made (a reviewer's finding in the first version)."""
+    repo, heads = _ref_setup(tmp_path)
+    with pytest.raises(StorageError, match="writing ref b"):
+        filerepo.set_refs(repo, {"b": "6" * 64, "q/r": "5" * 64})
+    assert not (heads / "q").exists()
+    assert filerepo.ref_conflict(repo, "q") is None
+
+
 def test_refs_of_one_call_all_move(tmp_path):
     repo, heads = _ref_setup(tmp_path)
     filerepo.set_refs(repo, {"a": "4" * 64, "new/one": "5" * 64, "gone": None})

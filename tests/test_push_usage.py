@@ -108,10 +108,12 @@ def test_a_missing_repository_with_json(treeship, tmp_path):
     assert "no repository here" in out["error"]["message"]
 
 
-def test_a_timeout_that_is_not_a_number_is_refused(treeship, local):
-    """click's FloatRange takes nan, and a watchdog compares against nan never fires."""
-    res = treeship("push", "--repo", local, "./world", BRANCH, "--timeout", "nan", rc=2)
-    assert "not a number" in res.stderr
+@pytest.mark.parametrize("value", ["nan", "inf", "1e300"])
+def test_a_timeout_that_is_no_number_of_seconds_is_refused(treeship, local, value):
+    """click's FloatRange takes nan, and a watchdog comparing against nan never fires; inf and
+    1e300 overflowed the receiver's clock."""
+    res = treeship("push", "--repo", local, "./world", BRANCH, "--timeout", value, rc=2)
+    assert "a number of seconds from 1 to 10000000" in res.stderr
 
 
 def test_an_unbalanced_quote_in_the_ssh_command_is_a_usage_error(treeship, local):
@@ -144,12 +146,27 @@ def test_a_server_without_treeship_is_told_with_what_to_do(treeship, local, tmp_
     assert "not found" in line and "--receive-command" in line
 
 
-def test_ssh_is_told_not_to_ask_when_nobody_is_there_to_answer():
-    """BatchMode=yes unless stdin and stderr are a terminal (the tests' are not)."""
+@pytest.mark.parametrize("at_terminal", [False, True])
+def test_ssh_is_told_not_to_ask_when_nobody_is_there_to_answer(monkeypatch, at_terminal):
+    """BatchMode=yes unless stdin and stderr are a terminal, where ssh may ask as for git."""
     from treeship.transfer import transport
 
+    monkeypatch.setattr(transport, "_at_terminal", lambda: at_terminal)
     argv = transport.receive_argv(transport.parse_url("ssh://h/srv"), ssh_command="/usr/bin/ssh")
-    assert "BatchMode=yes" in argv
+    assert ("BatchMode=yes" in argv) is not at_terminal
+
+
+def test_a_configured_remote_may_be_named_like_a_branch(treeship, local, tmp_path):
+    """Only a REMOTE taken as a path is checked against the branches (a reviewer's `stable`)."""
+    treeship("release", make_tree(tmp_path / "t2"), "--repo", local, "--branch", "stable", "--version", "1")
+    treeship("remote", "add", "--repo", local, "stable", tmp_path / "stable-mirror")
+    assert "created the repository" in treeship("push", "--repo", local, "stable", "stable").stdout
+
+
+def test_json_comes_whatever_the_order_of_the_options(treeship, local):
+    """--json is read first: an option given before it that is refused still gets JSON."""
+    out = treeship("push", "--repo", local, "--timeout", "nan", "--json", "./world", BRANCH, rc=2).json()
+    assert out["ok"] is False and out["error"]["exit_code"] == 2
 
 
 def test_an_interrupt_before_the_cli_has_loaded_is_one_line():

@@ -5,6 +5,7 @@ wire.Reader.whole_data, which takes only the one shape it is for and leaves the 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import threading
 from collections.abc import Callable
@@ -196,3 +197,41 @@ def test_whole_data_leaves_a_frame_over_max_data_to_read_which_refuses_it() -> N
     assert reader.whole_data(limit=1 << 40) is None
     with pytest.raises(TransferError, match="exceeds"):
         reader.read()
+
+
+def _refs_json(ftype: bytes, n: int) -> bytes:
+    """What a pusher or a receiver sends for ``n`` branches named as a large repository names them."""
+    refs = [{"ref": f"app/org.example.Application{i}/x86_64/stable", "old": f"{i:064x}", "new": f"{i + 1:064x}"}
+            for i in range(n)]
+    if ftype == wire.HELLO:
+        return json.dumps({"magic": wire.MAGIC, "protocol": 1, "refs": {r["ref"]: r["old"] for r in refs}}).encode()
+    return json.dumps({"updates" if ftype == wire.UPDATE else "refs": refs}, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize(("ftype", "n", "limits"), [
+    (wire.HELLO, 60_000, wire.FRAME_LIMITS),  # a receiver with 60,000 branches, to a pusher
+    (wire.STATUS, 20_000, wire.FRAME_LIMITS),
+    (wire.UPDATE, 20_000, wire.RECEIVER_LIMITS),  # a pusher moving 20,000 branches at once
+])
+def test_large_repositories_frames_are_taken(ftype: bytes, n: int, limits: dict[bytes, int]) -> None:
+    """The limits bound what a hostile peer can cost, not what a large repository needs (an
+    UPDATE of 1 MiB, ~5,500 refs, was the first version's: a reviewer's 6,000 branches failed)."""
+    payload = _refs_json(ftype, n)
+    r, w = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(w, wire.encode(ftype, payload)), os.close(w)))
+    writer.start()
+    try:
+        frame = wire.Reader(r, limits=limits).read()
+        assert frame.json()
+    finally:
+        writer.join()
+        os.close(r)
+
+
+def test_a_receiver_takes_only_a_small_hello() -> None:
+    r, w = os.pipe()
+    os.write(w, wire.encode(wire.HELLO, b" " * ((64 << 10) + 1))[:5])  # refused from the header alone
+    os.close(w)
+    with pytest.raises(TransferError, match="exceeds"):
+        wire.Reader(r, limits=wire.RECEIVER_LIMITS).read()
+    os.close(r)

@@ -40,15 +40,19 @@ def _json_asked(ctx: click.Context, param: click.Parameter, value: bool) -> bool
     return value
 
 
-json_option = click.option("--json", "as_json", is_flag=True, callback=_json_asked,
+json_option = click.option("--json", "as_json", is_flag=True, callback=_json_asked, is_eager=True,
                            help="Print one JSON object for machines (on failure too: ok false, the error, "
                                 "its exit code).")
 
 
+MAX_TIMEOUT = 10_000_000.0  # seconds (~4 months): beyond, select() and the clock overflow
+
+
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    """A FloatRange takes nan (every comparison with it is false): a timeout of nan never fires."""
-    if value is not None and math.isnan(value):
-        raise click.BadParameter("not a number")
+    """A FloatRange takes nan (every comparison with it is false: a timeout of nan never
+    fires); a timeout of inf or 1e300 overflowed the receiver's clock."""
+    if value is not None and not (math.isfinite(value) and value <= MAX_TIMEOUT):
+        raise click.BadParameter(f"a number of seconds from 1 to {MAX_TIMEOUT:.0f}")
     return value
 
 

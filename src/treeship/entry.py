@@ -56,13 +56,16 @@ def plain_receive_args(argv: list[str]) -> dict[str, Any] | None:
     return out if _timeout_taken(out) else None
 
 
+MAX_TIMEOUT = 10_000_000.0  # as cli.MAX_TIMEOUT
+
+
 def _timeout_taken(out: dict[str, Any]) -> bool:
-    """Make ``out["timeout"]`` a float as click's FloatRange(min=1) does; False where click would refuse it."""
+    """Make ``out["timeout"]`` a float as the click option does; False where click would refuse it."""
     try:
         out["timeout"] = float(out["timeout"])
     except ValueError:
         return False
-    return out["timeout"] >= 1  # also refuses nan
+    return 1 <= out["timeout"] <= MAX_TIMEOUT  # also refuses nan and inf
 
 
 #: push's options taking a value, and its flags (as the click command has them)

@@ -472,8 +472,9 @@ def set_refs(path: Path, refs: dict[str, str | None], workdir: Path | None = Non
     ref its old one.
 
     Each new ref file is written and flushed in ``workdir`` (default tmp/) first, with a copy
-    of each ref it replaces: what can run out of space is done before anything moves. Then
-    each is renamed over refs/heads/NAME; if a rename fails, those done are renamed back.
+    of each ref it replaces (flushed only if it is put back): what can run out of space is
+    done before anything moves. Then each is renamed over refs/heads/NAME; if a rename
+    fails, those done are renamed back, and directories made on the way removed.
     libostree's own ref writes (transaction_set_ref) use a temp name inside refs/heads/,
     which a crash leaves behind as a stray branch (``main/tmp.AbC123``). Here a crash leaves
     each ref its old or new value, and nothing else under refs/ (as with libostree, a crash
@@ -492,7 +493,6 @@ def set_refs(path: Path, refs: dict[str, str | None], workdir: Path | None = Non
                 old = _read_ref(dest)
                 before = _write_aside(work, old, aside, flush=False) if old is not None else None
                 if checksum is not None:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
                     plan.append((name, _write_aside(work, f"{checksum}\n".encode(), aside), before))
                 else:
                     plan.append((name, None, before))
@@ -505,6 +505,7 @@ def set_refs(path: Path, refs: dict[str, str | None], workdir: Path | None = Non
                     if before is not None:
                         _flush_file(before)
                     _put_ref(heads, done, before)
+            _prune_empty(heads, refs)  # directories made for a ref that then failed
             raise
     except OSError as e:
         if e.errno == errno.ENOSPC:
@@ -514,6 +515,15 @@ def set_refs(path: Path, refs: dict[str, str | None], workdir: Path | None = Non
         for tmp in aside:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _prune_empty(heads: Path, names: Iterable[str]) -> None:
+    """Remove the empty directories on the way to these refs (an empty refs/heads/a/ would
+    keep a branch ``a`` from being made)."""
+    for name in names:
+        for parent in Path(name).parents[:-1]:
+            with contextlib.suppress(OSError):
+                (heads / parent).rmdir()
 
 
 def _read_ref(dest: Path) -> bytes | None:

@@ -834,27 +834,30 @@ def test_a_lock_held_past_the_timeout_is_one_clear_error(hostile, rel, tmp_path)
 
 @pytest.mark.parametrize("payload,why", [
     (b"[" * 200_000 + b"]" * 200_000, "holds too many JSON objects or arrays"),  # nested: the parser's stack
-    (b'{"refs":[' + b"{}," * 300_000 + b'{}]}', "holds too many JSON objects or arrays"),  # 300,000 dicts: ~30 MB
+    (b'{"updates":[' + b"{}," * 300_000 + b'{}]}', "holds too many JSON objects or arrays"),  # ~30 MB of dicts
+    (b'{"updates":[' + b"1000," * 1_000_000 + b'1]}', "holds too many JSON values"),  # ~36 MB of ints
     (b" " * 70_000 + b"[" * 1_030 + b"]" * 1_030, "is not valid JSON"),  # within the count, too deep to parse
 ])
 def test_a_json_bomb_in_a_control_frame_is_refused_before_it_costs(hostile, payload, why):
     """A HELLO of 5.6 million "{}" took 460 MB before anything of it was checked, and one
-    nested 200,000 deep ended the receiver with a RecursionError, the peer never told."""
-    out = hostile(wire.encode(wire.HELLO, payload))
+    nested 200,000 deep ended the receiver with a RecursionError, the peer never told. (An
+    UPDATE here: a pusher's HELLO may be 64 KiB at most.)"""
+    out = hostile(stream(wire.encode(wire.UPDATE, payload)))
     assert out.rc == 11 and why in out.error, out.error
 
 
 def test_a_query_of_anything_but_object_names_is_refused_before_it_is_parsed(hostile):
     out = hostile(stream(update((MAIN, None, "a" * 64)), wire.encode(wire.QUERY, b'{"objects":[' + b'"ab",' * 500_000
                                                                    + b'"ab"]}')))
-    assert out.rc == 11 and "too many values for object names" in out.error, out.error
+    assert out.rc == 11 and "holds too many JSON values" in out.error, out.error
 
 
-@pytest.mark.parametrize("ftype,length", [(wire.END, 1), (wire.FINISH, (64 << 10) + 1), (wire.UPDATE, (1 << 20) + 1)])
+@pytest.mark.parametrize("ftype,length", [(wire.END, 1), (wire.FINISH, (64 << 10) + 1), (wire.UPDATE, (6 << 20) + 1),
+                                          (wire.HELLO, (64 << 10) + 1), (wire.STATUS, (64 << 10) + 1)])
 def test_each_frame_type_has_its_own_limit(hostile, ftype, length):
     """An END carries nothing (a payload there was neither stored nor counted against the
-    push's size); a FINISH or an UPDATE is small."""
-    prefix = stream() if ftype == wire.UPDATE else stream(update((MAIN, None, "a" * 64)))
+    push's size); a FINISH, a pusher's HELLO, and what only a receiver sends are small."""
+    prefix = {wire.HELLO: b"", wire.UPDATE: stream()}.get(ftype, stream(update((MAIN, None, "a" * 64))))
     out = hostile(prefix + struct.pack(">cI", ftype, length) + b"x" * 100)
     assert out.rc == 11 and "exceeds" in out.error, out.error
 

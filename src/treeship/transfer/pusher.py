@@ -188,7 +188,8 @@ def _new_local_repository(repo_path: str, remote: str, path: str) -> str | None:
     dest = os.path.abspath(path)
     if os.path.lexists(dest):
         return None
-    if layout.plainly_valid_branch(remote) and os.path.isfile(os.path.join(repo_path, "refs", "heads", remote)):
+    if "/" in remote and layout.plainly_valid_branch(remote) \
+            and os.path.isfile(os.path.join(repo_path, "refs", "heads", remote)):  # (a remote's name has no "/")
         raise UsageError(f"{remote!r} is a branch of {repo_path}, not a remote: treeship push REMOTE BRANCH...")
     parent = os.path.dirname(dest)
     if not os.path.isdir(parent):
@@ -220,8 +221,8 @@ def _expect_hello(reader: wire.Reader) -> wire.Frame:
         return reader.expect(wire.HELLO)
     except TransferError as e:
         text = reader.unread(80)
-        if not e.message.startswith("protocol error") or not text:
-            raise
+        if not e.message.startswith("protocol error") or not text or text[:1] in reader.limits:
+            raise  # (a frame that breaks a rule is no text)
         from ..errors import printable
 
         shown = printable((text.partition(b"\n")[0] or text).decode("utf-8", "replace"))  # its first line

@@ -123,7 +123,7 @@ class Receiver:
         self.repo_path = repo_path
         self.policy = policy
         self.key_id = key_id
-        self.reader = wire.Reader(rfd, timeout)
+        self.reader = wire.Reader(rfd, timeout, wire.RECEIVER_LIMITS)
         self.writer = wire.Writer(wfd, timeout)
         self.create = create
         self.received_bytes = 0

@@ -280,6 +280,7 @@ class _Child:
                 os.close(fd)
         self.stdin, self.stdout, self.stderr = ours
         self.returncode: int | None = None
+        self.killed = False
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -306,8 +307,28 @@ class _Child:
         if self.poll() is None:
             try:
                 os.kill(self.pid, _signal.SIGKILL)
+                self.killed = True
             except ProcessLookupError:
                 pass
+
+
+def _terminal_state() -> tuple[int, list[object]] | None:
+    """The controlling terminal and its settings, where ssh may ask there (see receive_argv):
+    ssh turns echo off to read a passphrase and turns it back on from its signal handlers,
+    which a SIGKILL does not run."""
+    if not _at_terminal():
+        return None
+    try:
+        import termios
+
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except (ImportError, OSError):
+        return None
+    try:
+        return fd, termios.tcgetattr(fd)
+    except termios.error:
+        os.close(fd)
+        return None
 
 
 def _inherited_fds(keep: set[int]) -> list[int]:
@@ -350,9 +371,11 @@ class Connection:
         self.argv = argv
         if any("\0" in a for a in argv):  # a %00 in a URL, say: no program can take it
             raise UsageError("cannot run the receiver: a NUL character in its command line")
+        self._terminal = _terminal_state()
         try:
             self.proc = _Child(argv)
         except OSError as e:
+            self._forget_terminal()
             raise UsageError(f"cannot run {argv[0]}: {e.strerror}") from None
         self.wfd = self.proc.stdin
         self.rfd = self.proc.stdout
@@ -425,7 +448,22 @@ class Connection:
         if self.rfd >= 0:
             os.close(self.rfd)  # it has exited: nothing more will come
             self.rfd = -1
+        if self._terminal is not None and self.proc.killed:  # killed while it may have been asking
+            import termios
+
+            fd, settings = self._terminal
+            try:
+                if os.tcgetpgrp(fd) == os.getpgrp():  # in the background, the call would stop us (SIGTTOU)
+                    termios.tcsetattr(fd, termios.TCSANOW, settings)
+            except (OSError, termios.error):
+                pass
+        self._forget_terminal()
         return rc
+
+    def _forget_terminal(self) -> None:
+        if self._terminal is not None:
+            os.close(self._terminal[0])
+            self._terminal = None
 
 
 _prestarted: dict[tuple[str, ...], Connection] = {}

@@ -42,19 +42,29 @@ DELTA = b"L"  # JSON pusher→receiver: a static delta's files follow, each as D
 
 CONTROL_TYPES = {HELLO, UPDATE, PREFLIGHT, QUERY, MISSING, FINISH, STATUS, ERROR, DELTA}
 ALL_TYPES = CONTROL_TYPES | {OBJECT, DATA, END}
-MAX_CONTROL = 6 << 20  # a QUERY or MISSING of 50,000 object names (QUERY_BATCH) is up to 3.9 MB
+MAX_CONTROL = 16 << 20  # a receiver's HELLO lists its refs: ~100 bytes each
 MAX_DATA = 1 << 20
-#: The largest payload of each frame type, whichever end reads it: what a peer can make the
-#: other hold, and parse, before anything of it is checked.
-FRAME_LIMITS = {OBJECT: 33, DATA: MAX_DATA, END: 0, HELLO: MAX_CONTROL, UPDATE: 1 << 20, PREFLIGHT: MAX_CONTROL,
+#: The largest payload of each frame type: what a peer can make the other hold, and parse,
+#: before anything of it is checked. These are the pusher's, reading a receiver: its HELLO
+#: lists every ref of the repository, PREFLIGHT and STATUS one entry per ref pushed.
+FRAME_LIMITS = {OBJECT: 33, DATA: MAX_DATA, END: 0, HELLO: MAX_CONTROL, UPDATE: MAX_CONTROL, PREFLIGHT: MAX_CONTROL,
                 QUERY: MAX_CONTROL, MISSING: MAX_CONTROL, FINISH: 64 << 10, STATUS: MAX_CONTROL,
                 ERROR: 64 << 10, DELTA: 8 << 20}
-#: JSON containers a control frame may hold, per byte: each ref of an UPDATE or a STATUS is
-#: one small object (~170 bytes). A frame of "[]" or "{}" would be ~60 bytes of memory per 2
-#: bytes read, and nested ones run the parser out of stack. A DELTA lists its files as
-#: [name, size] pairs, at most delta.MAX_FILES of them.
+#: The receiver's, reading a pusher, whom it need not trust as far: a pusher's HELLO is a
+#: few names; an UPDATE of 6 MiB is ~30,000 refs, a QUERY of 50,000 names (QUERY_BATCH) up
+#: to 3.9 MB; the frames only a receiver sends are not expected from a pusher at all.
+RECEIVER_LIMITS = {**FRAME_LIMITS, HELLO: 64 << 10, UPDATE: 6 << 20, QUERY: 6 << 20,
+                   PREFLIGHT: 64 << 10, MISSING: 64 << 10, STATUS: 64 << 10}
+#: What a control frame's JSON may hold, per byte, before it is parsed: JSON objects or
+#: arrays (a frame of "{}" would be ~60 bytes of memory per 2 bytes read, and nested ones
+#: run the parser out of stack; each ref of an UPDATE or a STATUS is one object of ~170
+#: bytes) and values (commas: "1," makes 36 bytes of Python of 2 bytes read; a ref in a
+#: HELLO is ~80 bytes, an object name in a QUERY or MISSING 70 or more). A DELTA lists its
+#: files as [name, size] pairs, at most delta.MAX_FILES of them.
 _BYTES_PER_CONTAINER = 64
+_BYTES_PER_VALUE = {QUERY: 64, MISSING: 64}
 _MAX_CONTAINERS = {DELTA: 100_000 + 16}
+_MAX_VALUES = {DELTA: 2 * 100_000 + 16}
 CHUNK = 1 << 20
 SENDFILE_FROM = 64 << 10  # Writer.send_file: files this large are copied by the kernel
 PIPE_SIZE = 1 << 20  # Linux's pipe-max-size by default: the most an unprivileged process may ask for
@@ -95,9 +105,9 @@ class Frame:
         containers = _MAX_CONTAINERS.get(self.type, len(payload) // _BYTES_PER_CONTAINER + 16)
         if payload.count(b"{") + payload.count(b"[") > containers:
             raise TransferError(f"protocol error: frame {self.type!r} holds too many JSON objects or arrays")
-        if self.type in (QUERY, MISSING) and payload.count(b",") > len(payload) // 64 + 16:
-            # object names are 70 bytes and more: anything denser is not a list of them
-            raise TransferError(f"protocol error: frame {self.type!r} holds too many values for object names")
+        values = _MAX_VALUES.get(self.type, len(payload) // _BYTES_PER_VALUE.get(self.type, 16) + 16)
+        if payload.count(b",") > values:
+            raise TransferError(f"protocol error: frame {self.type!r} holds too many JSON values")
         try:
             obj = json.loads(payload)
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -132,9 +142,10 @@ def _pread(fd: int, n: int, offset: int) -> bytes:
 class Reader:
     """Buffered frame reader over a file descriptor, with an idle timeout."""
 
-    def __init__(self, fd: int, timeout: float | None = None) -> None:
+    def __init__(self, fd: int, timeout: float | None = None, limits: dict[bytes, int] = FRAME_LIMITS) -> None:
         self.fd = fd
         self.timeout = timeout
+        self.limits = limits  # FRAME_LIMITS, or RECEIVER_LIMITS for a receiver
         self._buf = bytearray()
         self._pos = 0
         self.bytes_read = 0
@@ -160,7 +171,7 @@ class Reader:
     def read(self) -> Frame:
         self._fill(_HEADER.size)
         ftype, length = _HEADER.unpack_from(self._buf, self._pos)
-        limit = FRAME_LIMITS.get(ftype)
+        limit = self.limits.get(ftype)
         if limit is None:
             raise TransferError(f"protocol error: unknown frame type {ftype!r}")
         if length > limit:
