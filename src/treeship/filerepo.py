@@ -562,9 +562,7 @@ def _put_ref(heads: Path, name: str, tmp: str | None) -> None:
     dest = heads / name
     if tmp is None:
         dest.unlink(missing_ok=True)
-        for parent in dest.relative_to(heads).parents[:-1]:
-            with contextlib.suppress(OSError):
-                (heads / parent).rmdir()
+        _prune_empty(heads, [name])
         return
     from .generations import later_mtime
 
@@ -577,23 +575,17 @@ def replace_file(dest: Path, data: bytes, workdir: Path, flush: bool = True) -> 
     """Replace ``dest`` by ``data`` in one rename from ``workdir`` (same filesystem), flushed
     first (unless ``flush`` is false: a repository whose config says ``fsync=false``); its
     mtime moves forward even within the same second (HTTP caches compare it)."""
-    import tempfile
-
     from .generations import later_mtime
 
-    fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".new-")
+    aside: list[str] = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if flush:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        tmp = _write_aside(workdir, data, aside, flush)
         later_mtime(tmp, dest)
         os.replace(tmp, dest)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        for leftover in aside:
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
         raise
 
 
