@@ -115,3 +115,19 @@ def test_a_closed_stderr_does_not_change_the_exit_code(tmp_path):
     p = subprocess.run(f"{sys.executable} -m treeship receive --repo {tmp_path / 'nope'} </dev/null 2>&-",
                        shell=True)
     assert p.returncode == 11  # a transfer error (the pusher hung up before HELLO), not 1
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["push", "--bogus"], "No such option '--bogus'. (see 'treeship push --help')"),
+    (["push"], "Missing argument 'REMOTE'. (see 'treeship push --help')"),
+    (["frobnicate"], "No such command 'frobnicate'. (see 'treeship --help')"),
+])
+def test_a_usage_error_is_one_line_as_every_error(args, says):
+    """click's own takes three or four lines (Usage, Try, Error); docs/cli.md promises one."""
+    p = subprocess.run([sys.executable, "-m", "treeship", *args], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr == f"treeship: error: {says}\n", p.stderr
+
+
+def test_treeship_alone_shows_its_help():
+    p = subprocess.run([sys.executable, "-m", "treeship"], capture_output=True, text=True)
+    assert p.returncode == 2 and "Commands:" in p.stderr and "push" in p.stderr

@@ -647,6 +647,16 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("treeship: interrupted", err=True)
         _json_failure(130, "interrupted")
         sys.exit(130)
+    except click.UsageError as e:  # one line, as every error (click's own takes three or four)
+        if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())):  # `treeship`: the help
+            e.show()
+            sys.exit(e.exit_code)
+        from .errors import printable
+
+        where = e.ctx.command_path if e.ctx is not None else "treeship"
+        click.echo(f"treeship: error: {printable(e.format_message())} (see '{where} --help')", err=True)
+        _json_failure(e.exit_code, e.format_message())
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         _json_failure(e.exit_code, e.format_message())

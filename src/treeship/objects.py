@@ -543,7 +543,7 @@ _STAGED_NAME = re.compile(r"[0-9a-f]{62}\.filez")
 
 
 def adopt_staged(repo_path: str | os.PathLike[str], staging: str | os.PathLike[str],
-                 max_size: int | None = None) -> int:
+                 max_size: int | None = None, deadline: float | None = None) -> int:
     """Move into objects/ the content objects a receiver that was killed had staged whole,
     checked again, and say how many.
 
@@ -557,14 +557,26 @@ def adopt_staged(repo_path: str | os.PathLike[str], staging: str | os.PathLike[s
     are left to be sent again, and everything left is deleted with the directory. The
     caller adopts only what a receiver of the same boot left: after a crash, data never
     flushed may not be what was written (libostree keeps its own staging directories by the
-    same rule)."""
+    same rule).
+
+    Past ``deadline`` (``time.monotonic()``) it stops, and what is left waits for a later
+    sweep: a push waits for this before its first answer (966,000 staged objects took 68 s).
+    """
+    import time
+
     objects_fd = os.open(f"{repo_path}/objects", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    adopted = 0
     try:
-        return sum(_adopt_one(objects_fd, f"{staging}/{directory}", directory, name, max_size)
-                   for directory in os.listdir(staging)
-                   if len(directory) == 2 and _HEX_DIGITS.issuperset(directory)
-                   and stat.S_ISDIR(os.lstat(f"{staging}/{directory}").st_mode)
-                   for name in os.listdir(f"{staging}/{directory}") if _STAGED_NAME.fullmatch(name))
+        for directory in os.listdir(staging):
+            if not (len(directory) == 2 and _HEX_DIGITS.issuperset(directory)
+                    and stat.S_ISDIR(os.lstat(f"{staging}/{directory}").st_mode)):
+                continue
+            for name in os.listdir(f"{staging}/{directory}"):
+                if deadline is not None and time.monotonic() >= deadline:
+                    return adopted
+                if _STAGED_NAME.fullmatch(name):
+                    adopted += _adopt_one(objects_fd, f"{staging}/{directory}", directory, name, max_size)
+        return adopted
     finally:
         os.close(objects_fd)
 

@@ -17,6 +17,7 @@ import re
 import stat
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ MAX_IN_FLIGHT = 16 << 20  # bytes of received objects queued for verification in
 INLINE_BELOW = 256 << 10  # objects smaller than this are checked by the reading thread itself (_Verifier)
 WORKER_NICE = 19  # the verify thread's nice value: see _Verifier
 LOCK_NAME = ".treeship-receive.lock"
+ADOPT_SECONDS = 5.0  # what one sweep spends adopting a killed receiver's staged objects (see _SessionDir)
 TMP_PREFIX = "treeship-receive-"
 _BOOT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -812,6 +814,7 @@ class _SessionDir:
         except OSError:  # no tmp/ yet
             return
         boot = _boot_id() if names else ""
+        deadline = time.monotonic() + ADOPT_SECONDS
         for name in names:
             d = self.root / name
             try:
@@ -828,7 +831,9 @@ class _SessionDir:
                     if boot and name.startswith(f"{TMP_PREFIX}{boot}-") and _real_dir(d / "objects"):
                         from ..objects import adopt_staged
 
-                        adopt_staged(self.root.parent, d / "objects", self.max_size)
+                        adopt_staged(self.root.parent, d / "objects", self.max_size, deadline)
+                        if time.monotonic() >= deadline:
+                            continue  # the rest at a later sweep: kept, its lock released
                     import shutil
 
                     shutil.rmtree(d, ignore_errors=True)
