@@ -177,3 +177,12 @@ def test_an_interrupt_before_the_cli_has_loaded_is_one_line():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, check=False)
     assert p.returncode == 130 and p.stderr == "treeship: interrupted\n", p.stderr
+
+
+def test_a_destination_no_retry_can_fix_exits_as_the_receiver_did(treeship, local, tmp_path):
+    """Exit 11 says a retry resumes; for a directory that is no repository (or not one in
+    archive mode) the receiver's own code, 5, comes back through its ERROR frame instead."""
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("not a repository")
+    res = treeship("push", "--repo", local, "./notes", BRANCH, rc=5)
+    assert "directory is not empty and is not an OSTree repository" in _one_error_line(res)

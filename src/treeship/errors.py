@@ -84,6 +84,18 @@ class TransferError(TreeshipError):
     exit_code = 11
 
 
+class RemoteError(TransferError):
+    """The receiver stopped and said why (its ERROR frame). Where the reason is its
+    repository's, not the transfer's — not a repository, or not in archive mode (5); disk
+    full or I/O there (8) — the push exits as the receiver did: a retry alone will not help
+    until someone acts there, which exit 11 ("a retry resumes") would not say."""
+
+    def __init__(self, message: str, remote_exit_code: object = None) -> None:
+        super().__init__(message)
+        if remote_exit_code in (RepoError.exit_code, StorageError.exit_code):
+            self.exit_code = remote_exit_code
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected internal error",

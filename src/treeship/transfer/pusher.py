@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import layout, trace
-from ..errors import PushRejected, RepoError, TransferError, TreeshipError, UsageError
+from ..errors import PushRejected, RemoteError, RepoError, TransferError, TreeshipError, UsageError
 from . import wire
 from .ciphers import cipher_refused
 from .transport import Connection, connect, receive_argv, resolve_remote
@@ -329,7 +329,7 @@ def _session(repo: Repo, reader: wire.Reader, writer: wire.Writer, remote: str, 
             said = _remote_error(reader)  # a receiver that gives up says why before it hangs up
             if said is None:
                 raise
-            raise TransferError(f"remote error: {said}") from e
+            raise said from e
     status = reader.expect(wire.STATUS).json()
     trace.mark("pusher: status")
     final = _statuses(status, "STATUS", heads)
@@ -446,14 +446,15 @@ def _between(repo: Repo, commit: str, heads: set[str], limit: int = 10_000) -> l
     return chain if cur in heads else []
 
 
-def _remote_error(reader: wire.Reader, wait: float = 5.0) -> str | None:
-    """The message of an ERROR frame the receiver sent before the connection broke, if any."""
+def _remote_error(reader: wire.Reader, wait: float = 5.0) -> RemoteError | None:
+    """The ERROR frame the receiver sent before the connection broke, if any."""
     reader.timeout = wait
     try:
         for _ in range(1000):  # what is left of MISSING answers and the like, then ERROR
             frame = reader.read()
             if frame.type == wire.ERROR:
-                return str(frame.json().get("message", "?"))
+                said = frame.json()
+                return RemoteError(f"remote error: {said.get('message', '?')}", said.get("exit_code"))
     except TransferError:
         pass
     return None

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .. import __version__, layout, trace
-from ..errors import StorageError, TransferError, TreeshipError
+from ..errors import RepoError, StorageError, TransferError, TreeshipError
 from ..policy import Policy
 from . import wire
 
@@ -227,7 +227,7 @@ class Receiver:
                 raise StorageError(f"{self.repo_path}: {e.strerror or e}") from None
         except TreeshipError as e:
             try:
-                self.writer.send_json(wire.ERROR, {"message": e.message})
+                self.writer.send_json(wire.ERROR, {"message": e.message, "exit_code": e.exit_code})
                 self.writer.flush()
             except TreeshipError:
                 pass
@@ -253,7 +253,7 @@ class Receiver:
         plain = layout.mode(self.repo_path)
         mode = plain or self.repo.mode
         if mode != "archive":
-            raise TransferError(f"{self.repo_path}: a receiving repository must be in archive mode, "
+            raise RepoError(f"{self.repo_path}: a receiving repository must be in archive mode, "
                                 f"not {mode} (it is what clients pull over HTTP)")
         # Objects a receiver killed mid-push had staged: in objects/ before anyone asks what is here.
         self._session_dir().sweep()

@@ -16,7 +16,7 @@ import os
 import select
 import struct
 
-from ..errors import StorageError, TransferError
+from ..errors import RemoteError, StorageError, TransferError
 from ..layout import OBJECT_TYPES  # noqa: F401 - OSTree's type numbers, as OBJECT frames carry them
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs a receiver ~10 ms
@@ -37,7 +37,7 @@ DATA = b"D"  # binary: a chunk of the current object (archive form)
 END = b"E"  # end of the current object
 FINISH = b"F"  # JSON pusher→receiver: all objects sent; move the refs
 STATUS = b"S"  # JSON receiver→pusher: one status per ref
-ERROR = b"X"  # JSON either way: fatal, with a message
+ERROR = b"X"  # JSON either way: fatal, with a message (and the exit code it maps to: errors.RemoteError)
 DELTA = b"L"  # JSON pusher→receiver: a static delta's files follow, each as DATA chunks + END (push --delta)
 
 CONTROL_TYPES = {HELLO, UPDATE, PREFLIGHT, QUERY, MISSING, FINISH, STATUS, ERROR, DELTA}
@@ -210,7 +210,8 @@ class Reader:
     def expect(self, ftype: bytes) -> Frame:
         frame = self.read()
         if frame.type == ERROR:
-            raise TransferError(f"remote error: {frame.json().get('message', '?')}")
+            said = frame.json()
+            raise RemoteError(f"remote error: {said.get('message', '?')}", said.get("exit_code"))
         if frame.type != ftype:
             raise TransferError(f"protocol error: expected frame {ftype!r}, got {frame.type!r}")
         return frame
