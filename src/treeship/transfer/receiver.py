@@ -254,7 +254,7 @@ class Receiver:
         mode = plain or self.repo.mode
         if mode != "archive":
             raise RepoError(f"{self.repo_path}: a receiving repository must be in archive mode, "
-                                f"not {mode} (it is what clients pull over HTTP)")
+                            f"not {mode} (it is what clients pull over HTTP)")
         # Objects a receiver killed mid-push had staged: in objects/ before anyone asks what is here.
         self._session_dir().sweep()
         self.heads = None if layout.remote_refs_present(self.repo_path) else layout.heads(self.repo_path)
