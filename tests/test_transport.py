@@ -167,6 +167,14 @@ def test_an_ipv6_host_prints_in_brackets():
     assert str(transport.parse_url("ssh://[fe80::1]/r")) == "ssh://[fe80::1]/r"
 
 
+def test_a_scoped_ipv6_address_reaches_ssh_unquoted():
+    """In a URL the zone's % is %25 (RFC 6874); ssh takes fe80::1%eth0."""
+    target = transport.parse_url("ssh://[fe80::1%25eth0]:22/r")
+    assert target.host == "fe80::1%eth0"
+    assert "fe80::1%eth0" in transport.receive_argv(target, ssh_command="ssh")
+    assert str(target) == "ssh://[fe80::1%25eth0]:22/r"
+
+
 def test_a_remote_given_as_a_url_or_path_is_not_looked_up(tmp_path):
     (tmp_path / "config").write_text('[core]\nmode=archive\n')
     assert transport.resolve_remote(str(tmp_path), "ssh://h/r") == transport.Target("ssh", "/r", "h")

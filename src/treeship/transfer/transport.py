@@ -54,7 +54,7 @@ class Target:
         if self.kind == "local":
             return self.path
         user = f"{self.user}@" if self.user else ""
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host  # an IPv6 address
+        host = f"[{self.host.replace('%', '%25')}]" if self.host and ":" in self.host else self.host  # IPv6
         port = f":{self.port}" if self.port is not None else ""
         return f"ssh://{user}{host}{port}{self.path}"
 
@@ -104,7 +104,8 @@ def _parse_url(url: str) -> Target:
             raise UsageError(f"{url}: bad port") from None
         if port == 0:
             raise UsageError(f"{url}: bad port")
-        return Target("ssh", unquote(u.path), u.hostname, unquote(u.username) if u.username else None, port)
+        # unquoted as the path is: a scoped IPv6 address is [fe80::1%25eth0] in a URL, fe80::1%eth0 to ssh
+        return Target("ssh", unquote(u.path), unquote(u.hostname), unquote(u.username) if u.username else None, port)
     if url.startswith("file://"):
         u = urlsplit(url)
         if u.netloc not in ("", "localhost"):
