@@ -517,8 +517,13 @@ def test_adoption_takes_only_our_whole_content_objects(archive_objects, tmp_path
     if defect == "second hard link":
         os.link(staged, elsewhere / "another-name")
 
-    adopted = objects.adopt_staged(repo, staging)
+    adopted, finished = objects.adopt_staged(repo, staging)
 
+    assert finished
+    if defect != "directory is a symlink":  # (never followed: what it leads to is not ours)
+        assert not os.path.lexists(staged)  # judged: adopted or not, gone from the staging directory
+    if defect in ("symlink", "second hard link"):
+        assert obj.exists() and (defect != "second hard link" or (elsewhere / "another-name").exists())
     landed = [p for p in (repo / "objects").rglob("*") if p.is_file()]
     if defect == "none":
         assert adopted == 1 and [p.relative_to(repo / "objects") for p in landed] == [Path(obj.parent.name, name)]
@@ -554,7 +559,8 @@ def test_adoption_stops_at_its_deadline_and_leaves_the_rest(archive_objects, tmp
         staged = staging / obj.parent.name / obj.name
         staged.write_bytes(obj.read_bytes())
         staged.chmod(0o644)
-    assert objects.adopt_staged(repo, staging, deadline=time.monotonic() - 1) == 0
+    assert objects.adopt_staged(repo, staging, deadline=time.monotonic() - 1) == (0, False)
     assert len(list(staging.rglob("*.filez"))) == 3
-    adopted = objects.adopt_staged(repo, staging, deadline=time.monotonic() + 60)
-    assert adopted >= 2 and len(list(staging.rglob("*.filez"))) == 3 - adopted  # (a symlink's is never adopted)
+    adopted, finished = objects.adopt_staged(repo, staging, deadline=time.monotonic() + 60)
+    assert finished and adopted >= 2  # (a symlink's is never adopted)
+    assert list(staging.rglob("*.filez")) == []  # every file judged is gone: the next sweep starts afresh

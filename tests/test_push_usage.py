@@ -186,3 +186,13 @@ def test_a_destination_no_retry_can_fix_exits_as_the_receiver_did(treeship, loca
     (tmp_path / "notes" / "todo.txt").write_text("not a repository")
     res = treeship("push", "--repo", local, "./notes", BRANCH, rc=5)
     assert "directory is not empty and is not an OSTree repository" in _one_error_line(res)
+
+
+@pytest.mark.parametrize(("code", "exits"), [(5, 5), (8, 8), (2, 11), (0, 11), (130, 11), (True, 11), (5.0, 11),
+                                             ("5", 11), (None, 11)])
+def test_only_a_receiver_s_repository_errors_keep_their_code(code, exits):
+    """What a (hostile) receiver's ERROR frame says of its exit code is taken for 5 and 8
+    only, as integers (5.0 made sys.exit print it and exit 1)."""
+    from treeship.errors import RemoteError
+
+    assert RemoteError("remote error: x", code).exit_code == exits

@@ -14,6 +14,9 @@ class TreeshipError(Exception):
     """A failure the user can act on: printed as one line, never a traceback."""
 
     exit_code = 1
+    #: set by a receiver on an error about its repository itself (not one, not in archive
+    #: mode, cannot be created): the pusher then exits with its code (RemoteError)
+    destination = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -86,13 +89,14 @@ class TransferError(TreeshipError):
 
 class RemoteError(TransferError):
     """The receiver stopped and said why (its ERROR frame). Where the reason is its
-    repository's, not the transfer's — not a repository, or not in archive mode (5); disk
-    full or I/O there (8) — the push exits as the receiver did: a retry alone will not help
-    until someone acts there, which exit 11 ("a retry resumes") would not say."""
+    repository itself — not a repository, or not in archive mode (5); it cannot be created
+    (8) — the push exits as the receiver did: a retry alone will not help until someone
+    acts there, which exit 11 ("a retry resumes") would not say. Anything else (a full disk
+    too: a retry resumes once there is room) stays 11."""
 
     def __init__(self, message: str, remote_exit_code: object = None) -> None:
         super().__init__(message)
-        if remote_exit_code in (RepoError.exit_code, StorageError.exit_code):
+        if type(remote_exit_code) is int and remote_exit_code in (RepoError.exit_code, StorageError.exit_code):
             self.exit_code = remote_exit_code
 
 

@@ -543,9 +543,9 @@ _STAGED_NAME = re.compile(r"[0-9a-f]{62}\.filez")
 
 
 def adopt_staged(repo_path: str | os.PathLike[str], staging: str | os.PathLike[str],
-                 max_size: int | None = None, deadline: float | None = None) -> int:
+                 max_size: int | None = None, deadline: float | None = None) -> tuple[int, bool]:
     """Move into objects/ the content objects a receiver that was killed had staged whole,
-    checked again, and say how many.
+    checked again; say how many, and whether every staged file was judged.
 
     A staged file is 0644 only once written whole (write_staged_file), and each was verified
     before it was written; still, a file's mode is no checksum, so each is hashed again
@@ -561,6 +561,8 @@ def adopt_staged(repo_path: str | os.PathLike[str], staging: str | os.PathLike[s
 
     Past ``deadline`` (``time.monotonic()``) it stops, and what is left waits for a later
     sweep: a push waits for this before its first answer (966,000 staged objects took 68 s).
+    Every file judged is gone from the staging directory afterwards, adopted or not (one not
+    adopted would have gone with the directory), so that each sweep makes progress.
     """
     import time
 
@@ -573,10 +575,12 @@ def adopt_staged(repo_path: str | os.PathLike[str], staging: str | os.PathLike[s
                 continue
             for name in os.listdir(f"{staging}/{directory}"):
                 if deadline is not None and time.monotonic() >= deadline:
-                    return adopted
+                    return adopted, False
                 if _STAGED_NAME.fullmatch(name):
                     adopted += _adopt_one(objects_fd, f"{staging}/{directory}", directory, name, max_size)
-        return adopted
+                with contextlib.suppress(OSError):
+                    os.unlink(f"{staging}/{directory}/{name}")  # judged: adopted, or never to be
+        return adopted, True
     finally:
         os.close(objects_fd)
 
@@ -591,6 +595,8 @@ def _adopt_one(objects_fd: int, path: str, directory: str, name: str, max_size: 
         st = os.fstat(fd)
         if not (_written_whole(st) and st.st_uid == os.geteuid() and st.st_nlink == 1):
             return False
+        if os.path.exists(f"/proc/self/fd/{objects_fd}/{directory}/{name}"):
+            return False  # here already (the retry sent it): nothing to hash
         try:
             verify_content(Path(f"/proc/self/fd/{fd}"), directory + name[:62], max_size, plain_only=True)
         except TransferError:

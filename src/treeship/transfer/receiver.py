@@ -227,7 +227,8 @@ class Receiver:
                 raise StorageError(f"{self.repo_path}: {e.strerror or e}") from None
         except TreeshipError as e:
             try:
-                self.writer.send_json(wire.ERROR, {"message": e.message, "exit_code": e.exit_code})
+                said = {"message": e.message, **({"exit_code": e.exit_code} if e.destination else {})}
+                self.writer.send_json(wire.ERROR, said)
                 self.writer.flush()
             except TreeshipError:
                 pass
@@ -243,20 +244,24 @@ class Receiver:
         if hello.get("protocol") != wire.PROTOCOL_VERSION:
             raise TransferError(f"protocol version {hello.get('protocol')!r} not supported "
                                 f"(this receiver speaks {wire.PROTOCOL_VERSION})")
-        if not layout.is_repo(self.repo_path):
-            from ..repo import Repo
+        try:
+            if not layout.is_repo(self.repo_path):
+                from ..repo import Repo
 
-            if self.create:
-                Repo.create(self.repo_path, "archive")
-            else:
-                Repo.open(self.repo_path)  # raises the precise error
-        plain = layout.mode(self.repo_path)
-        mode = plain or self.repo.mode
-        if mode != "archive":
-            raise RepoError(f"{self.repo_path}: a receiving repository must be in archive mode, "
-                            f"not {mode} (it is what clients pull over HTTP)")
+                if self.create:
+                    Repo.create(self.repo_path, "archive")
+                else:
+                    Repo.open(self.repo_path)  # raises the precise error
+            plain = layout.mode(self.repo_path)
+            mode = plain or self.repo.mode
+            if mode != "archive":
+                raise RepoError(f"{self.repo_path}: a receiving repository must be in archive mode, "
+                                f"not {mode} (it is what clients pull over HTTP)")
+        except TreeshipError as e:
+            e.destination = True  # no retry alone fixes it: the pusher exits with its code
+            raise
         # Objects a receiver killed mid-push had staged: in objects/ before anyone asks what is here.
-        self._session_dir().sweep()
+        self._session_dir().sweep(adopt=True)
         self.heads = None if layout.remote_refs_present(self.repo_path) else layout.heads(self.repo_path)
         refs = self.heads if self.heads is not None else self.repo.refs()
         # Nothing here (no parent repository either): the pusher sends everything without asking.
@@ -805,10 +810,13 @@ class _SessionDir:
         shutil.rmtree(self.path, ignore_errors=True)
         self._lock.close()
 
-    def sweep(self) -> None:
-        """Remove the directories of sessions that are over, having first moved into the
-        repository the objects a receiver killed in this boot had staged whole (a retry then
-        need not send them again)."""
+    def sweep(self, adopt: bool = False) -> None:
+        """Remove the directories of sessions that are over; with ``adopt`` (once a push,
+        before HELLO), having first moved into the repository the objects a receiver killed
+        in this boot had staged whole (a retry then need not send them again), for at most
+        ADOPT_SECONDS: a directory not done with is kept for the next push's. Without
+        ``adopt``, such a directory is left alone (the other sweeps of a push, one of them
+        under the receiver lock, must not spend that time)."""
         try:
             names = [n for n in os.listdir(self.root) if n.startswith(TMP_PREFIX)]
         except OSError:  # no tmp/ yet
@@ -829,11 +837,12 @@ class _SessionDir:
                         continue
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     if boot and name.startswith(f"{TMP_PREFIX}{boot}-") and _real_dir(d / "objects"):
+                        if not adopt:
+                            continue
                         from ..objects import adopt_staged
 
-                        adopt_staged(self.root.parent, d / "objects", self.max_size, deadline)
-                        if time.monotonic() >= deadline:
-                            continue  # the rest at a later sweep: kept, its lock released
+                        if not adopt_staged(self.root.parent, d / "objects", self.max_size, deadline)[1]:
+                            continue  # the rest at the next push's sweep: kept, its lock released
                     import shutil
 
                     shutil.rmtree(d, ignore_errors=True)
