@@ -607,7 +607,7 @@ def test_a_source_counts_its_uncompressed_size(tmp_path):
 
 
 def test_a_delta_may_not_splice_metadata_past_libostrees_limit():
-    from treeship.objects import MAX_METADATA
+    from treeship.layout import MAX_METADATA
     from treeship.transfer.delta import scan_part
 
     ops = b"S" + _uvarint(MAX_METADATA + 1) + _uvarint(0)

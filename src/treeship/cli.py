@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import EXIT_CODES, ProvenanceError, UsageError, VerificationError, report
+from .errors import EXIT_CODES, ProvenanceError, UsageError, VerificationError, failure_message, report
 
 DEFAULT_REPO = "./releases"
 
@@ -663,16 +663,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         code = report(e)
-        _json_failure(code, _failure_message(e))
+        _json_failure(code, failure_message(e))
         sys.exit(code)
     sys.exit(0)
 
-
-def _failure_message(e: BaseException) -> str:
-    from .errors import TreeshipError
-
-    if isinstance(e, TreeshipError):
-        return e.message
-    if isinstance(e, KeyboardInterrupt):
-        return "interrupted"
-    return f"internal error: {type(e).__name__}: {e}"

@@ -129,17 +129,26 @@ def report(e: BaseException) -> int:
     Shared by the click CLI and the fast ``treeship receive`` entry, so both speak alike.
     """
     if isinstance(e, TreeshipError):
-        _say(f"treeship: error: {printable(e.message)}")
+        _say(f"treeship: error: {printable(failure_message(e))}")
         return e.exit_code
     if isinstance(e, KeyboardInterrupt):
-        _say("treeship: interrupted")
+        _say(f"treeship: {failure_message(e)}")
         return 130
     if isinstance(e, BrokenPipeError):
         os._exit(0)
     if os.environ.get("TREESHIP_DEBUG"):
         raise e
-    _say(f"treeship: internal error: {type(e).__name__}: {e} (set TREESHIP_DEBUG=1 for a traceback)")
+    _say(f"treeship: {failure_message(e)} (set TREESHIP_DEBUG=1 for a traceback)")
     return 1
+
+
+def failure_message(e: BaseException) -> str:
+    """What ended the command, in words: the line report() prints, and --json's message."""
+    if isinstance(e, TreeshipError):
+        return e.message
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    return f"internal error: {type(e).__name__}: {e}"
 
 
 def _say(line: str) -> None:

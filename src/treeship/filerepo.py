@@ -129,7 +129,7 @@ def _read_commit(path: Path, checksum: str) -> tuple[bytes, gvariant.Variant]:
 
     try:
         with open(f"{path}/objects/{layout.object_relpath(checksum, 'commit')}", "rb") as f:
-            data = f.read(objects.MAX_METADATA + 1)
+            data = f.read(layout.MAX_METADATA + 1)
     except FileNotFoundError:
         raise RepoError(f"commit {checksum}: not in this repository") from None
     except OSError as e:

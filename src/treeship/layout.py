@@ -120,6 +120,9 @@ def heads(path: str | os.PathLike[str]) -> dict[str, str] | None:
 #: walk read (repo/core.py maps the same names to libostree's enum; tests/test_wire_types.py
 #: keeps the two equal).
 OBJECT_TYPES = {"file": 1, "dirtree": 2, "dirmeta": 3, "commit": 4, "commitmeta": 6}
+#: libostree's OSTREE_MAX_METADATA_SIZE (2022.7): its clients will not pull a dirtree,
+#: dirmeta, commit or .commitmeta larger; a receiver checks each in memory
+MAX_METADATA = 10 << 20
 TYPE_NAMES = {number: name for name, number in OBJECT_TYPES.items()}
 #: Each type's file suffix under objects/ in an archive repository (content is compressed).
 SUFFIX = {"file": "filez", "dirtree": "dirtree", "dirmeta": "dirmeta", "commit": "commit", "commitmeta": "commitmeta"}

@@ -273,8 +273,6 @@ def finish(steps: Steps[T]) -> T:
 
 
 _MAX_ARCHIVE_HEADER = 16 << 20
-MAX_METADATA = 10 << 20  # a dirtree, dirmeta or commit received: libostree's OSTREE_MAX_METADATA_SIZE
-#                          (2022.7), which its clients will not pull past; each is checked in memory
 
 
 _INFLATE_CHUNK = 1 << 20

@@ -79,11 +79,12 @@ def parse_delta_superblock(data: bytes, expect: tuple[str, str] | None = None) -
     v = GLib.Variant.new_from_bytes(GLib.VariantType.new(DELTA_SUPERBLOCK_TYPE), GLib.Bytes.new(data), False)
     if not v.is_normal_form():
         raise TransferError("static delta: the superblock is malformed (not in normal form)")
+    source = _csum_v(v.get_child_value(2), "its source", empty_ok=True)
     to = _csum_v(v.get_child_value(3), "its target")
     commit_v = v.get_child_value(4)
     commit = bytes(commit_v.get_data_as_bytes().get_data() or b"")
     if expect is not None:
-        if (_csum_v(v.get_child_value(2), "its source", empty_ok=True), to) != expect:
+        if (source, to) != expect:
             raise TransferError("static delta: the superblock is not the delta announced")
         if hashlib.sha256(commit).hexdigest() != expect[1]:
             raise TransferError(f"static delta: the commit it carries does not hash to {expect[1]}")
@@ -101,7 +102,7 @@ def parse_delta_superblock(data: bytes, expect: tuple[str, str] | None = None) -
         if objtype not in _OBJ_EXT:
             raise TransferError(f"static delta: fallback {i}: unknown object type {objtype}")
         fallbacks.append((_csum_v(f.get_child_value(1), f"fallback {i}"), int(objtype)))
-    return DeltaSuperblock(_csum_v(v.get_child_value(2), "its source", empty_ok=True), to, commit, parts, fallbacks)
+    return DeltaSuperblock(source, to, commit, parts, fallbacks)
 
 
 def delta_superblock_without_fallbacks(data: bytes) -> bytes:

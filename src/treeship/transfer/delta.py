@@ -56,7 +56,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import trace
 from ..errors import TransferError, TreeshipError
-from ..objects import MAX_METADATA, collect
+from ..layout import MAX_METADATA
+from ..objects import collect
 from . import wire
 
 if TYPE_CHECKING:
@@ -295,10 +296,9 @@ def prepare(repo: Repo, reader: wire.Reader, writer: wire.Writer, updates: list[
             d.mkdir()
             try:
                 superblock = generate_delta_files(repo, old, new, d)
-                if superblock.stat().st_size > MAX_SUPERBLOCK:
+                if (size := superblock.stat().st_size) > MAX_SUPERBLOCK:
                     raise TreeshipError(f"it changes more objects than a receiver takes in one delta "
-                                        f"(a superblock of {superblock.stat().st_size} bytes, at most "
-                                        f"{MAX_SUPERBLOCK})")
+                                        f"(a superblock of {size} bytes, at most {MAX_SUPERBLOCK})")
                 sb = parse_delta_superblock(superblock.read_bytes())
             except TreeshipError as e:
                 made[(old, new)] = e

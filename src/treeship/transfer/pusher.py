@@ -453,8 +453,7 @@ def _remote_error(reader: wire.Reader, wait: float = 5.0) -> RemoteError | None:
         for _ in range(1000):  # what is left of MISSING answers and the like, then ERROR
             frame = reader.read()
             if frame.type == wire.ERROR:
-                said = frame.json()
-                return RemoteError(f"remote error: {said.get('message', '?')}", said.get("exit_code"))
+                return frame.remote_error()
     except TransferError:
         pass
     return None

@@ -40,7 +40,6 @@ OBJECT_TYPES = wire.OBJECT_TYPES
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")  # not "$": it matches before a final "\n"
 _TYPE_NAMES = layout.TYPE_NAMES
-MAX_COMMITMETA = 10 << 20  # libostree's OSTREE_MAX_METADATA_SIZE: clients refuse a larger .commitmeta
 MAX_SIGNATURES = 16 << 20  # all the .commitmeta of one push: held until the refs move
 MAX_COMMITS = 100_000  # commits in one push (each is held until the end; a history of 10,000 is long)
 FRAME_COST = 43  # what an object's OBJECT and END frames count against the push's size, data aside
@@ -546,11 +545,11 @@ class Receiver:
             raise TransferError(f"protocol error: unknown object type {objtype}")
         csum = frame.payload[1:].hex()
         self.count_received(FRAME_COST)  # its OBJECT and END frames count too: no object is free
-        from ..objects import MAX_METADATA, collect  # here: a no-op push does without objects.py (and zlib-ng)
+        from ..objects import collect  # here: a no-op push does without objects.py (and zlib-ng)
 
         name = _TYPE_NAMES[objtype]
-        limit = MAX_COMMITMETA if name == "commitmeta" else \
-            self.policy.max_object_size if name == "file" else min(MAX_METADATA, self.policy.max_object_size)
+        limit = layout.MAX_METADATA if name == "commitmeta" else \
+            self.policy.max_object_size if name == "file" else min(layout.MAX_METADATA, self.policy.max_object_size)
         data = self.reader.whole_data(limit)
         if data is None:
             data = collect(self.data_chunks(f"object {csum}"), limit, f"{tmp}/{n}.{name}", f"object {csum}.{name}")
@@ -674,8 +673,8 @@ class Receiver:
                 added[key] = new
         if added:
             self.added[u.new] = added
-            if self._merged_size(u.new, added) > MAX_COMMITMETA:
-                u.reject(f"the signatures of {u.new[:12]} would exceed {MAX_COMMITMETA >> 20} MiB, "
+            if self._merged_size(u.new, added) > layout.MAX_METADATA:
+                u.reject(f"the signatures of {u.new[:12]} would exceed {layout.MAX_METADATA >> 20} MiB, "
                          "more than ostree clients accept")
                 return
         if not rules:

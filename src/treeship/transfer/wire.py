@@ -100,6 +100,11 @@ class Frame:
     def __repr__(self) -> str:
         return f"Frame({self.type!r}, {self.payload[:40]!r}{'…' if len(self.payload) > 40 else ''})"
 
+    def remote_error(self) -> RemoteError:
+        """What an ERROR frame says, as the error the push ends with."""
+        said = self.json()
+        return RemoteError(f"remote error: {said.get('message', '?')}", said.get("exit_code"))
+
     def json(self) -> dict[str, Any]:
         payload = self.payload
         containers = _MAX_CONTAINERS.get(self.type, len(payload) // _BYTES_PER_CONTAINER + 16)
@@ -210,8 +215,7 @@ class Reader:
     def expect(self, ftype: bytes) -> Frame:
         frame = self.read()
         if frame.type == ERROR:
-            said = frame.json()
-            raise RemoteError(f"remote error: {said.get('message', '?')}", said.get("exit_code"))
+            raise frame.remote_error()
         if frame.type != ftype:
             raise TransferError(f"protocol error: expected frame {ftype!r}, got {frame.type!r}")
         return frame
