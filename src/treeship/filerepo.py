@@ -34,9 +34,8 @@ from .errors import RepoError, StorageError, TransferError
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs a receiver ~10 ms
 if TYPE_CHECKING:
-    from concurrent.futures import Future
-
     from . import gvariant
+    from .future import Future
     from .repo import Repo
 
 _HEX64B = re.compile(rb"[0-9a-f]{64}\Z")
@@ -600,7 +599,7 @@ def sync_in_background(path: Path, enabled: bool = True) -> Future[None]:
     than one syncfs). This is the line after which the receiver calls a commit complete
     or points a ref at it: a power cut must not leave a ref to objects the disk never got.
     """
-    from concurrent.futures import Future
+    from .future import Future
 
     done: Future[None] = Future()
     if not enabled:

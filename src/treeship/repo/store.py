@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from concurrent.futures import Future
 from functools import cached_property
 from pathlib import Path
 
 from .. import closure, filerepo, layout, objects
 from ..errors import RepoError
+from ..future import Future
 from .core import _OBJ_EXT, Gio, GLib, OSTree, _Core, _storage_error
 
 

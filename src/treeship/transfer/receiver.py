@@ -25,12 +25,12 @@ from pathlib import Path
 
 from .. import __version__, layout, trace
 from ..errors import RepoError, StorageError, TransferError, TreeshipError
+from ..future import Future
 from ..policy import Policy
 from . import wire
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs a receiver ~10 ms
 if TYPE_CHECKING:
-    from concurrent.futures import Future
     from typing import Any
 
     from ..filerepo import FileRepo
@@ -856,8 +856,9 @@ class _Verifier:
     of thousands of small files spent its time handing them over (88k futex calls for
     3,235 objects). Inflating and hashing release the GIL, so the worker and the reader
     overlap; at the end (and at the memory bound) the reader takes queued jobs too, so the
-    last large objects are checked on two threads. ``submit`` returns a Future, as a
-    ThreadPoolExecutor's does (delta.py uses it so, as a concurrent.futures.Executor).
+    last large objects are checked on two threads. ``submit`` returns a Future
+    (:mod:`treeship.future`), as a ThreadPoolExecutor's does (delta.py uses it so, as a
+    concurrent.futures.Executor).
 
     The worker runs at the lowest priority (nice 19, its thread only). On a machine whose
     cores are all busy during a push (on two: ssh, sshd, the pusher and both threads here),
@@ -881,9 +882,6 @@ class _Verifier:
         self._stepped: dict[Future[Any], _Job] = {}
 
     def _start(self) -> None:
-        from concurrent.futures import Future
-
-        self._future = Future
         self._thread = threading.Thread(target=self._work, name="treeship-verify", daemon=True)
         self._thread.start()
 
@@ -913,7 +911,7 @@ class _Verifier:
     def _queue(self, job: _Job) -> Future[Any]:
         if self._thread is None:
             self._start()
-        job.fut = self._future()
+        job.fut = Future()
         with self._cond:
             self._jobs.append(job)
             self._cond.notify()
