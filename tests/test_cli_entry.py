@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -131,3 +134,51 @@ def test_a_usage_error_is_one_line_as_every_error(args, says):
 def test_treeship_alone_shows_its_help():
     p = subprocess.run([sys.executable, "-m", "treeship"], capture_output=True, text=True)
     assert p.returncode == 2 and "Commands:" in p.stderr and "push" in p.stderr
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import EXAMPLE_MANIFEST, treeship_command
+    from pushkit import BRANCH, write_tree
+
+    root = tmp_path_factory.mktemp("released")
+    repo, manifest = root / "repo", root / "provenance.json"
+    manifest.write_text(json.dumps(EXAMPLE_MANIFEST))
+    subprocess.run([*treeship_command(), "release", str(write_tree(root / "tree")), "--repo", str(repo),
+                    "--branch", BRANCH, "--provenance", str(manifest)], check=True, capture_output=True)
+    return repo
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["push", "--help"], ["log", "{repo}", "x86/64"],
+                                  ["log", "{repo}", "x86/64", "--json"], ["show", "{repo}", "x86/64"],
+                                  ["attest", "{repo}", "x86/64", "--sign-ed25519", "{key}", "-o", "-"]])
+def test_output_that_cannot_be_written_is_one_line_and_exit_8(args, released, ed25519_key):
+    """stdout on a full disk (here /dev/full, which refuses every write) is an error the user
+    can act on, not an internal one; everything printed goes through click.echo (attest's
+    line through its own write), whose failure says so."""
+    from pushkit import BRANCH
+
+    argv = [a.replace("x86/64", BRANCH).replace("{key}", str(ed25519_key.secret)) for a in args]
+    argv = [x for a in argv for x in (["--repo", str(released)] if a == "{repo}" else [a])]
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "treeship", *argv], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert (p.returncode, p.stderr) == (8, "treeship: error: cannot write the output: No space left on device\n") \
+        or (p.returncode, p.stderr) == (8, "treeship: error: cannot write the attestation to stdout: "
+                                           "No space left on device\n"), p.stderr
+
+
+def test_a_reader_that_stops_early_is_no_failure(released):
+    """`treeship log | head -1`: the pipe closes under the output; that is the reader's choice."""
+    p = subprocess.run(f"{sys.executable} -m treeship --help | head -c 1 >/dev/null; exit ${{PIPESTATUS[0]}}",
+                       shell=True, executable="/bin/bash", capture_output=True, text=True)
+    assert p.returncode == 0 and p.stderr == ""
+
+
+def test_output_left_unwritten_at_exit_is_a_failure_too():
+    """What waits in stdout's buffer is written as the process leaves (entry._leave): if that
+    fails, a command that had succeeded exits 8 with the line, not 0 with nothing said."""
+    code = "import sys\nfrom treeship.entry import _leave\nsys.stdout.write('one line')\n_leave(0)\n"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as stdout is by default
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-c", code], stdout=full, stderr=subprocess.PIPE, text=True, env=env)
+    assert (p.returncode, p.stderr) == (8, "treeship: error: cannot write the output: No space left on device\n")

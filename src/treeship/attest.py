@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, history, signing
-from .errors import ProvenanceError, RepoError, UsageError, VerificationError
+from .errors import ProvenanceError, RepoError, StorageError, UsageError, VerificationError
 from .provenance import slsa
 from .repo import Repo
 
@@ -104,7 +104,13 @@ def attest(repo: Repo, ref: str, *, ed25519_files: list[str], gpg_keys: list[str
 def write(att: Attestation, output: str) -> None:
     """Write the envelope as one JSON line; ``-`` is stdout. A file is replaced atomically."""
     if output == "-":
-        sys.stdout.write(att.line())
+        try:
+            sys.stdout.write(att.line())
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:  # a full disk, > /dev/full: said as what it is, not an internal error
+            raise StorageError(f"cannot write the attestation to stdout: {e.strerror or e}") from None
         return
     dest = Path(output)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")

@@ -17,7 +17,15 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import EXIT_CODES, ProvenanceError, UsageError, VerificationError, failure_message, report
+from .errors import (
+    EXIT_CODES,
+    ProvenanceError,
+    StorageError,
+    UsageError,
+    VerificationError,
+    failure_message,
+    report,
+)
 
 DEFAULT_REPO = "./releases"
 
@@ -69,6 +77,20 @@ def trust_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _emit_json(obj: Any) -> None:
     _Json.printed = True
     click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def _writing_output(e: BaseException) -> bool:
+    """Whether ``e`` is stdout refusing what was printed (a full disk, ``> /dev/full``, an I/O
+    error): an OSError raised inside click.echo, through which everything a command prints to
+    stdout goes (its help and version too). A closed pipe is not: a reader that has stopped."""
+    if not isinstance(e, OSError) or isinstance(e, BrokenPipeError):
+        return False
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is click.echo.__code__:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _json_failure(code: int, message: str) -> None:
@@ -662,6 +684,8 @@ def main(argv: list[str] | None = None) -> None:
         _json_failure(e.exit_code, e.format_message())
         sys.exit(e.exit_code)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if _writing_output(e):
+            e = StorageError(f"cannot write the output: {e.strerror or e}")
         code = report(e)
         _json_failure(code, failure_message(e))
         sys.exit(code)

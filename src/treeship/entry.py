@@ -171,11 +171,17 @@ def _main() -> None:
 def _leave(code: int) -> None:
     """Exit without tearing the interpreter down: with libostree loaded that takes 10-20 ms,
     which a push pays twice (both ends). By now every file, thread and temporary directory
-    has been closed by its context manager; only the standard streams are left to flush."""
+    has been closed by its context manager; only the standard streams are left to flush.
+    Output that cannot be written (a full disk) makes a success a failure, said in one line."""
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:  # None: the descriptor was closed when Python started
                 stream.flush()
-        except (OSError, ValueError):
+        except OSError as e:
+            if code == 0 and stream is sys.stdout and not isinstance(e, BrokenPipeError):
+                from .errors import StorageError, report
+
+                code = report(StorageError(f"cannot write the output: {e.strerror or e}"))
+        except ValueError:  # closed
             pass
     os._exit(code)

@@ -60,7 +60,8 @@ class VerificationError(TreeshipError):
 
 
 class StorageError(TreeshipError):
-    """Writing to the repository failed: disk full, I/O error, permissions."""
+    """Writing failed: to the repository (disk full, I/O error, permissions), or the
+    command's output (stdout on a full disk, ``> /dev/full``)."""
 
     exit_code = 8
 
@@ -109,7 +110,7 @@ EXIT_CODES: dict[int, str] = {
     RepoError.exit_code: "not a repository, or unknown ref",
     SigningError.exit_code: "signing key unknown or malformed",
     VerificationError.exit_code: "signature or attestation verification failed",
-    StorageError.exit_code: "writing to the repository failed (disk full, I/O)",
+    StorageError.exit_code: "writing to the repository, or the output, failed (disk full, I/O)",
     UnchangedError.exit_code: "tree identical to the branch head; nothing released",
     PushRejected.exit_code: "the receiver rejected a ref update (policy, signature, non-fast-forward)",
     TransferError.exit_code: "the push failed: connection lost, protocol error, remote failure",
