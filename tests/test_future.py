@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import random
 import shlex
 import subprocess
 import sys
 import threading
+import weakref
 
 import pytest
 
@@ -65,6 +67,25 @@ def test_result_waits_for_another_thread():
     started.set()
     assert fut.result() == "here"
     t.join()
+
+
+def test_a_failed_result_leaves_no_cycle_behind():
+    """result() raises the job's error, whose traceback holds result()'s frame: that frame
+    must not keep the future (and through it the error) alive until the cycle collector runs."""
+    class BadObject(Exception):  # (a class of one's own: builtin exceptions take no weak references)
+        pass
+
+    fut: Future = Future()
+    fut.set_exception(BadObject("bad object"))
+    gc.disable()
+    try:
+        with pytest.raises(BadObject) as raised:
+            fut.result()
+        gone = weakref.ref(raised.value)
+        del fut, raised
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 def test_the_receiver_does_without_concurrent_futures(treeship, tmp_path):

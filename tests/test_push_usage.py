@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_tree, treeship_command
+from pushkit import release, write_tree
 
 BRANCH = "stage3-sysroot/x86_64"
 
@@ -196,3 +197,17 @@ def test_only_a_receiver_s_repository_errors_keep_their_code(code, exits):
     from treeship.errors import RemoteError
 
     assert RemoteError("remote error: x", code).exit_code == exits
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_rejection_outlives_an_output_that_cannot_be_written(treeship, tmp_path, as_json):
+    """Printing a rejected push's refs to a full stdout: the push still exits as rejected (10),
+    with its reason on stderr, not as "cannot write the output" (8)."""
+    dest = tmp_path / "dest"
+    release(treeship, write_tree(tmp_path / "a", tag="a"), tmp_path / "one", BRANCH)
+    treeship("push", "--repo", tmp_path / "one", dest, BRANCH)
+    release(treeship, write_tree(tmp_path / "b", tag="b"), tmp_path / "two", BRANCH)
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([*treeship_command(), "push", "--repo", str(tmp_path / "two"), str(dest), BRANCH,
+                            *(["--json"] if as_json else [])], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert p.returncode == 10 and "non-fast-forward" in p.stderr and "cannot write" not in p.stderr, p.stderr

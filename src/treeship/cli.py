@@ -21,6 +21,7 @@ from .errors import (
     EXIT_CODES,
     ProvenanceError,
     StorageError,
+    TreeshipError,
     UsageError,
     VerificationError,
     failure_message,
@@ -79,18 +80,35 @@ def _emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False))
 
 
+def _warn(text: str) -> None:
+    """A warning on stderr; a stderr that cannot take it must not turn a success into a failure."""
+    try:
+        click.echo(f"treeship: warning: {text}", err=True)
+    except OSError:
+        pass
+
+
 def _writing_output(e: BaseException) -> bool:
     """Whether ``e`` is stdout refusing what was printed (a full disk, ``> /dev/full``, an I/O
-    error): an OSError raised inside click.echo, through which everything a command prints to
-    stdout goes (its help and version too). A closed pipe is not: a reader that has stopped."""
+    error): an OSError raised inside click.echo writing to stdout, through which everything a
+    command prints there goes (its help and version too). A closed pipe is not: a reader that
+    has stopped (see main)."""
     if not isinstance(e, OSError) or isinstance(e, BrokenPipeError):
         return False
     tb = e.__traceback__
     while tb is not None:
         if tb.tb_frame.f_code is click.echo.__code__:
-            return True
+            where = tb.tb_frame.f_locals
+            return not where.get("err") and _fd(where.get("file")) == 1
         tb = tb.tb_next
     return False
+
+
+def _fd(stream: object) -> int | None:
+    try:
+        return stream.fileno()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _json_failure(code: int, message: str) -> None:
@@ -272,7 +290,7 @@ def release(source: str | None, branch: str, repo_path: str, version: str | None
     with _progress(not as_json) as progress:
         result = do_release(opts, progress)
     for warning in result.warnings:
-        click.echo(f"treeship: warning: {warning}", err=True)
+        _warn(warning)
     if as_json:
         _emit_json(result.to_dict())
         return
@@ -616,7 +634,7 @@ def _print_push(result: Any, as_json: bool) -> None:
     click.echo(f"{result.objects_sent} objects{deltas}, {_human_bytes(result.bytes_sent)} sent to "
                f"{printable(result.remote)} in {result.seconds:.1f} s")
     for message in result.messages:
-        click.echo(f"treeship: warning: {printable(message)}", err=True)
+        _warn(printable(message))
     if result.created:
         click.echo(f"created the repository {printable(result.created)}")
 
@@ -661,8 +679,16 @@ def keygen(prefix: str, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning known errors into one line and an exit code."""
+    stdout = sys.stdout
     try:
         cli.main(args=argv, prog_name="treeship", standalone_mode=False)
+    except SystemExit as e:
+        # click takes a closed stdout pipe (EPIPE) itself: it swaps the standard streams for
+        # quiet ones and exits 1. A reader that stopped reading (`treeship log | head -1`) is
+        # no failure of ours (errors.report says the same of a BrokenPipeError): 0.
+        if e.code == 1 and sys.stdout is not stdout:
+            sys.exit(0)
+        raise
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.Abort:
@@ -685,7 +711,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if _writing_output(e):
-            e = StorageError(f"cannot write the output: {e.strerror or e}")
+            # Printing a failure's own result (a rejected push's refs) keeps that failure.
+            e = e.__context__ if isinstance(e.__context__, TreeshipError) else \
+                StorageError(f"cannot write the output: {e.strerror or e}")
         code = report(e)
         _json_failure(code, failure_message(e))
         sys.exit(code)

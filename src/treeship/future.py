@@ -86,6 +86,9 @@ class Future:
     def result(self) -> Any:
         """Wait; its value, or raise what it raised."""
         error = self.exception()
-        if error is not None:
+        if error is None:
+            return self._value
+        try:
             raise error
-        return self._value
+        finally:  # the traceback holds this frame: no cycle through it back to the error (as concurrent.futures)
+            self = error = None
