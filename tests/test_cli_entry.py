@@ -208,3 +208,12 @@ def test_output_left_unwritten_at_exit_is_a_failure_too():
     with open("/dev/full", "w") as full:
         p = subprocess.run([sys.executable, "-c", code], stdout=full, stderr=subprocess.PIPE, text=True, env=env)
     assert (p.returncode, p.stderr) == (8, "treeship: error: cannot write the output: No space left on device\n")
+
+
+@pytest.mark.parametrize(("args", "code"), [(["push", "--bogus"], 2), ([], 2),
+                                            (["log", "--repo", "/nonexistent", "x"], 5), (["push", "--help"], 0)])
+def test_a_stderr_that_cannot_take_a_line_does_not_change_the_exit_code(args, code):
+    """Usage errors, `treeship` alone (its help, on stderr), an error: the line is lost, the code is not."""
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "treeship", *args], stdout=subprocess.DEVNULL, stderr=full)
+    assert p.returncode == code

@@ -6,6 +6,7 @@ code (the table is in :mod:`treeship.errors` and docs/cli.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -26,6 +27,7 @@ from .errors import (
     VerificationError,
     failure_message,
     report,
+    say,
 )
 
 DEFAULT_REPO = "./releases"
@@ -82,10 +84,7 @@ def _emit_json(obj: Any) -> None:
 
 def _warn(text: str) -> None:
     """A warning on stderr; a stderr that cannot take it must not turn a success into a failure."""
-    try:
-        click.echo(f"treeship: warning: {text}", err=True)
-    except OSError:
-        pass
+    say(f"treeship: warning: {text}")
 
 
 def _writing_output(e: BaseException) -> bool:
@@ -692,21 +691,23 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.Abort:
-        click.echo("treeship: interrupted", err=True)
+        say("treeship: interrupted")
         _json_failure(130, "interrupted")
         sys.exit(130)
     except click.UsageError as e:  # one line, as every error (click's own takes three or four)
         if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())):  # `treeship`: the help
-            e.show()
+            with contextlib.suppress(OSError):  # a stderr that cannot take it: the exit code says it
+                e.show()
             sys.exit(e.exit_code)
         from .errors import printable
 
         where = e.ctx.command_path if e.ctx is not None else "treeship"
-        click.echo(f"treeship: error: {printable(e.format_message())} (see '{where} --help')", err=True)
+        say(f"treeship: error: {printable(e.format_message())} (see '{where} --help')")
         _json_failure(e.exit_code, e.format_message())
         sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
+        with contextlib.suppress(OSError):
+            e.show()
         _json_failure(e.exit_code, e.format_message())
         sys.exit(e.exit_code)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback

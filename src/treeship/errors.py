@@ -130,16 +130,16 @@ def report(e: BaseException) -> int:
     Shared by the click CLI and the fast ``treeship receive`` entry, so both speak alike.
     """
     if isinstance(e, TreeshipError):
-        _say(f"treeship: error: {printable(failure_message(e))}")
+        say(f"treeship: error: {printable(failure_message(e))}")
         return e.exit_code
     if isinstance(e, KeyboardInterrupt):
-        _say(f"treeship: {failure_message(e)}")
+        say(f"treeship: {failure_message(e)}")
         return 130
     if isinstance(e, BrokenPipeError):
         os._exit(0)
     if os.environ.get("TREESHIP_DEBUG"):
         raise e
-    _say(f"treeship: {failure_message(e)} (set TREESHIP_DEBUG=1 for a traceback)")
+    say(f"treeship: {failure_message(e)} (set TREESHIP_DEBUG=1 for a traceback)")
     return 1
 
 
@@ -152,7 +152,7 @@ def failure_message(e: BaseException) -> str:
     return f"internal error: {type(e).__name__}: {e}"
 
 
-def _say(line: str) -> None:
+def say(line: str) -> None:
     """One line on stderr; a closed stderr must not change the exit code."""
     try:
         print(line, file=sys.stderr)
