@@ -8,9 +8,11 @@ import os
 import pty
 import re
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
+import pytest
 from gi.repository import GLib
 
 from conftest import EXAMPLE_MANIFEST, ostree, treeship_command
@@ -439,3 +441,52 @@ def test_source_given_as_a_symlink_to_a_directory(treeship, sample_tree, tmp_pat
     assert root == ostree("ls", "--repo", repo, "-d", "-C", direct, "/").stdout.split()
     for flag in ("--keep-ownership",):
         treeship("release", link, "--repo", repo, "--branch", "a/link-keep", flag)
+
+
+# -- a tree that changes while it is released -----------------------------------------------
+
+CHANGES = {
+    # what happens to the file between the walk's lstat and the store: what the error says
+    "symlink": (lambda f, outside: (f.unlink(), f.symlink_to(outside)), "replaced by a symlink"),
+    "fifo": (lambda f, outside: (f.unlink(), os.mkfifo(f)), "replaced by a FIFO"),
+    "another file": (lambda f, outside: (f.with_name("new").write_text("x" * 22), f.with_name("new").rename(f)),
+                     "replaced by another file"),
+    "grown": (lambda f, outside: f.write_text("x" * 100_000), "changed while being released"),
+    "shrunk": (lambda f, outside: f.write_text("x"), "changed while being released"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_file_changed_after_the_walk_saw_it_is_refused(tmp_path, change):
+    """A build directory still being written while it is released: the walk lstats each
+    file, a worker stores it later. What it stores must be the file the walk saw: never a
+    symlink's target (a file of this machine, outside the tree, as a regular file), never a
+    FIFO (the release would wait for a writer forever), never content of another size than
+    the object's header says (ostree could not check it out). Run in a child with a time
+    limit, so that a FIFO opened the old way cannot hang the suite."""
+    code = f"""
+import os, sys
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_release import CHANGES
+from treeship.errors import SourceError
+from treeship.repo import Repo, trees
+
+tmp = Path(sys.argv[1])
+repo = Repo.create(tmp / "repo", "archive")
+f = tmp / "tree" / "c"
+f.parent.mkdir()
+f.write_text("twenty-two bytes here\\n")
+(tmp / "host-secret").write_text("root:SECRET\\n")
+seen = os.lstat(f)
+CHANGES[sys.argv[2]][0](f, tmp / "host-secret")
+fi = trees._file_info(trees.canonical_mode(seen.st_mode), 0, 0, seen.st_size)
+with repo.transaction():
+    try:
+        repo._write_file(str(f), fi, seen)
+    except SourceError as e:
+        print(e.message)
+"""
+    p = subprocess.run([sys.executable, "-c", code, tmp_path, change], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"{tmp_path / 'tree' / 'c'}: {CHANGES[change][1]}"), p.stdout

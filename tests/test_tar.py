@@ -238,6 +238,49 @@ def hostile(kind: str, tmp_path: Path) -> tuple[Path, list[str]]:
             _add(tf, "host", ftype=tarfile.SYMTYPE, linkname=str(tmp_path))
             _add(tf, "stolen", ftype=tarfile.LNKTYPE, linkname="host/host-secret")
         return _write_tar(a, build), ["stolen"]
+    if kind in ("long-names-then-write", "long-names-then-hardlink"):
+        # CVE-2025-4517: past PATH_MAX os.path.realpath (tarfile's filters, and ours before)
+        # takes the rest of a path as text while the kernel follows every symlink.
+        def build(tf: tarfile.TarFile) -> None:
+            prefix, long = "", "d" * 250
+            for i in range(20):
+                _add(tf, prefix + long, ftype=tarfile.DIRTYPE)
+                _add(tf, prefix + f"s{i:02d}", ftype=tarfile.SYMTYPE, linkname=long)
+                prefix += f"s{i:02d}/"
+            _add(tf, prefix + "x", ftype=tarfile.SYMTYPE, linkname="../" * 20)
+            there = outside if kind == "long-names-then-write" else tmp_path
+            _add(tf, "escape", ftype=tarfile.SYMTYPE, linkname=prefix + "x/" + "../" * 21 + str(there).lstrip("/"))
+            if kind == "long-names-then-write":
+                _add(tf, "escape/pwned", b"#!/bin/sh\nid\n", mode=0o4755)
+            else:
+                _add(tf, "stolen", ftype=tarfile.LNKTYPE, linkname="escape/host-secret")
+                _add(tf, "stolen", b"overwritten through the hard link\n")
+        with tarfile.open(a, "w", format=tarfile.PAX_FORMAT) as tf:
+            build(tf)
+        return a, ["s00/", "written through the symlink 's00'"]
+    if kind == "file-over-symlink":
+        def build(tf: tarfile.TarFile) -> None:
+            _add(tf, "a", ftype=tarfile.SYMTYPE, linkname=str(outside / "evil"))
+            _add(tf, "a", b"x")
+        return _write_tar(a, build), ["a", "over the symlink"]
+    if kind in ("hardlink-to-a-later-member", "hardlink-to-a-directory", "hardlink-to-a-symlink"):
+        def build(tf: tarfile.TarFile) -> None:
+            if kind == "hardlink-to-a-directory":
+                _add(tf, "d", ftype=tarfile.DIRTYPE)
+            if kind == "hardlink-to-a-symlink":
+                _add(tf, "d", ftype=tarfile.SYMTYPE, linkname=str(secret))
+            _add(tf, "h", ftype=tarfile.LNKTYPE, linkname="d")
+            if kind == "hardlink-to-a-later-member":
+                _add(tf, "d", b"later")
+        return _write_tar(a, build), ["h", "not a regular file earlier in the archive"]
+    if kind == "huge-header":  # tarfile reads a long-name header whole: 8 MiB of name, ~8 kB gzipped
+        header = tarfile.TarInfo("././@LongLink")
+        header.type, header.size = tarfile.GNUTYPE_LONGNAME, 8 << 20
+        gz = tmp_path / "huge-header.tar.gz"
+        with gzip.open(gz, "wb") as g:
+            g.write(header.tobuf(format=tarfile.USTAR_FORMAT) + bytes(8 << 20))
+            g.write(tarfile.TarInfo("ok").tobuf(format=tarfile.USTAR_FORMAT) + bytes(1024))
+        return gz, ["8388608-byte header"]
     if kind == "chardev":
         return _write_tar(a, lambda tf: _add(tf, "dev/null", ftype=tarfile.CHRTYPE, devmajor=1, devminor=3)), \
             ["dev/null", "device"]
@@ -251,7 +294,9 @@ def hostile(kind: str, tmp_path: Path) -> tuple[Path, list[str]]:
 
 HOSTILE = ["dotdot", "dotdot-inside", "absolute", "symlink-then-write-through",
            "relative-symlink-then-write-through", "hardlink-absolute", "hardlink-dotdot",
-           "hardlink-through-symlink", "chardev", "blockdev", "fifo"]
+           "hardlink-through-symlink", "long-names-then-write", "long-names-then-hardlink", "file-over-symlink",
+           "hardlink-to-a-later-member", "hardlink-to-a-directory", "hardlink-to-a-symlink", "huge-header",
+           "chardev", "blockdev", "fifo"]
 
 
 @pytest.mark.parametrize("kind", HOSTILE)
@@ -261,6 +306,7 @@ def test_hostile_archive_is_refused(treeship, released, tmp_path, kind):
     res = treeship("release", archive, "--repo", repo, "--branch", BRANCH, "--allow-unchanged", rc=3)
     assert_error_line(res, archive, *culprits)
     assert list((tmp_path / "outside").iterdir()) == [], "something was written outside the tree"
+    assert (tmp_path / "host-secret").read_text() == "a file of the releasing machine\n"
     assert_unchanged(repo, before)
     assert [p.name for p in (repo / "tmp").iterdir() if p.name.startswith("treeship-src-")] == []
 

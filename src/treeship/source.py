@@ -1,9 +1,11 @@
 """Turn a release SOURCE (a directory or a tar archive) into a directory to commit.
 
 Archives are unpacked into a private temporary directory, refusing absolute paths,
-``..``, hard links out of the tree, anything written through a symlink that points out
-of it (a symlink itself, absolute or not, is content and is kept), and device nodes: a
-release must not carry what the extraction would not put back faithfully for every user.
+``..``, anything written at or below a symlink the archive made (as ``ostree commit
+--tree=tar`` refuses it; a symlink itself, absolute or not, is content and is kept), hard
+links to anything but a regular file the archive made before, device nodes, and headers
+too large to hold: a release must not carry what the extraction would not put back
+faithfully for every user, and unpacking must not write or read outside the tree.
 """
 
 from __future__ import annotations
@@ -108,28 +110,100 @@ def extract_tar(archive: Path, dest: Path, *, keep_ownership: bool = False) -> N
         raise SourceError(f"{archive}: {e.strerror}") from None
 
 
+def _parts(name: str) -> tuple[str, ...] | None:
+    """A member's path as its components (``.`` and empty ones dropped); None if it is
+    absolute or climbs (``..``)."""
+    if name.startswith("/"):
+        return None
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    return None if ".." in parts else parts
+
+
+class _Members:
+    """What the archive has made so far, to judge each member by its path alone.
+
+    Nothing here asks the file system where a path leads: ``os.path.realpath``, on which
+    tarfile's own filters rely, stops resolving past PATH_MAX and takes the rest of the path
+    as text, while the kernel follows every link (CVE-2025-4517, fixed in Python 3.11.13);
+    an archive of long directory names and short symlinks then writes, or hard-links, outside
+    the tree. So a member may not be written at or below a symlink the archive made, and a
+    hard link must name a regular file the archive made before it.
+    """
+
+    def __init__(self, archive: Path) -> None:
+        self.archive = archive
+        self.symlinks: set[tuple[str, ...]] = set()
+        self.files: set[tuple[str, ...]] = set()
+
+    def check(self, member: tarfile.TarInfo) -> None:
+        name = member.name
+        parts = _parts(name)
+        if parts is None:
+            why = "absolute path in the archive" if name.startswith("/") else "'..' leads outside the archive"
+            raise SourceError(f"{self.archive}: {name}: {why}")
+        self._not_through_symlinks(name, parts, member.issym())
+        if member.islnk():
+            target = _parts(member.linkname)
+            if target is None or target in self.symlinks or target not in self.files \
+                    or any(target[:i] in self.symlinks for i in range(1, len(target))):
+                raise SourceError(f"{self.archive}: {name}: hard link to {member.linkname!r}, which is not a "
+                                  "regular file earlier in the archive")
+        self.symlinks.discard(parts)
+        self.files.discard(parts)
+        if member.issym():
+            self.symlinks.add(parts)
+        elif member.isreg() or member.islnk():
+            self.files.add(parts)
+
+    def _not_through_symlinks(self, name: str, parts: tuple[str, ...], is_symlink: bool) -> None:
+        for i in range(1, len(parts)):
+            if parts[:i] in self.symlinks:
+                raise SourceError(f"{self.archive}: {name}: written through the symlink {'/'.join(parts[:i])!r} "
+                                  "the archive made")
+        if parts in self.symlinks and not is_symlink:  # opened or made where a symlink is: through it
+            raise SourceError(f"{self.archive}: {name}: written over the symlink the archive made there")
+
+
+MAX_HEADER = 1 << 20  # a long name, long link target or pax header held in memory: libarchive's bound
+
+
+def _bounded_headers(archive: Path) -> type[tarfile.TarInfo]:
+    """TarInfo that refuses a long-name, long-link or pax header over MAX_HEADER: tarfile
+    reads such a header whole into memory (and copies it), so a 2 MB compressed archive
+    claiming a 2 GiB name would take gigabytes before its first member."""
+
+    class Bounded(tarfile.TarInfo):
+        def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
+            if self.type in _SPECIAL_HEADERS and self.size > MAX_HEADER:
+                raise SourceError(f"{archive}: a {self.size}-byte header (a long name or extended attributes): "
+                                  f"over the {MAX_HEADER} bytes a release takes")
+            return super()._proc_member(tf)  # type: ignore[misc]
+
+    return Bounded
+
+
+_SPECIAL_HEADERS = {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                    tarfile.SOLARIS_XHDTYPE}
+
+
 def _extract_stream(archive: Path, fileobj: IO[bytes], dest: Path, keep_ownership: bool) -> None:
+    made = _Members(archive)
+
     def member_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
         if member.ischr() or member.isblk() or member.isfifo():
             raise SourceError(f"{archive}: {member.name}: device nodes and FIFOs cannot be released")
         # The member is extracted as given (modes are ours), so what tar_filter would only
         # rewrite must be refused here: an absolute name would be written outside ``path``,
         # and a hard link is made to a file on *this* machine (it checks no link target).
-        if member.name.startswith("/"):
-            raise SourceError(f"{archive}: {member.name}: absolute path in the archive")
-        if member.islnk():
-            root = os.path.realpath(path)
-            target = os.path.realpath(os.path.join(root, member.linkname))
-            if member.linkname.startswith("/") or os.path.commonpath([target, root]) != root:
-                raise SourceError(f"{archive}: {member.name}: hard link to {member.linkname!r}, outside the archive")
+        made.check(member)
         try:
-            tarfile.tar_filter(member, path)  # checks that the path, through symlinks, stays inside
+            tarfile.tar_filter(member, path)  # (also, where realpath works: the path stays inside)
         except tarfile.FilterError as e:
             raise SourceError(f"{archive}: {member.name}: {e}") from None
         return member
 
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|") as tf:
+        with tarfile.open(fileobj=fileobj, mode="r|", tarinfo=_bounded_headers(archive)) as tf:
             tf.extractall(dest, filter=member_filter, numeric_owner=keep_ownership)  # noqa: S202 - filtered
         while fileobj.read(1 << 20):  # to the end, where the decompressor checks the CRC
             pass

@@ -3,6 +3,7 @@ added to it, the tree and its commit written; two commits' trees compared."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -178,14 +179,33 @@ class _Trees(_Core):
             self._dirmeta_cache[key] = csum
         return csum
 
-    def _write_file(self, path: str, fi: Gio.FileInfo) -> str:
+    def _write_file(self, path: str, fi: Gio.FileInfo, seen: os.stat_result) -> str:
+        """Store one file of the tree. A regular file is opened as the file the walk saw
+        (``seen``, its lstat): never through a symlink, never a FIFO (opened without waiting),
+        the same inode and size; and it must not change while it is read. A tree that is
+        being rebuilt while it is released would otherwise give a signed release a file it
+        never held (a symlink's target outside the tree, read as a regular file) or an object
+        whose header and content disagree (it grew or shrank: ostree cannot check out)."""
         if fi.get_file_type() == Gio.FileType.REGULAR:
-            inp = Gio.File.new_for_path(path).read(None)
             try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise SourceError(f"{path}: replaced by a symlink while being released") from None
+                raise
+            inp = Gio.UnixInputStream.new(fd, True)
+            kept = -1
+            try:
+                kept = os.dup(fd)  # the write closes the stream: this stays, to be looked at after
+                before = os.fstat(kept)
+                _same_file(path, seen, before)
                 _, stream, length = OSTree.raw_file_to_content_stream(inp, fi, None, None)
                 _, raw = self._repo.write_content(None, stream, length, None)
+                _same_file(path, before, os.fstat(kept))
             finally:
                 inp.close(None)
+                if kept >= 0:
+                    os.close(kept)
         else:
             _, stream, length = OSTree.raw_file_to_content_stream(Gio.MemoryInputStream.new(), fi, None, None)
             _, raw = self._repo.write_content(None, stream, length, None)
@@ -217,18 +237,18 @@ class _Trees(_Core):
         nworkers = workers or max(2, os.cpu_count() or 2)
         first_error: list[BaseException] = []
 
-        def store(path: str, fi: Gio.FileInfo, size: int) -> str:
+        def store(path: str, fi: Gio.FileInfo, seen: os.stat_result) -> str:
             if first_error:
                 raise first_error[0]
             try:
-                csum = self._write_file(path, fi)
+                csum = self._write_file(path, fi, seen)
             except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
                 err = _file_error(e, path, self.path)
                 if not first_error:
                     first_error.append(err)
                 raise err from None
             if progress:
-                progress(1, size)
+                progress(1, seen.st_size if stat.S_ISREG(seen.st_mode) else 0)
             return csum
 
         with ThreadPoolExecutor(nworkers, thread_name_prefix="treeship-write") as pool:
@@ -244,7 +264,7 @@ class _Trees(_Core):
         return mtree, stats
 
     def _walk(self, directory: Path, mode: int, mtree: OSTree.MutableTree, pool: ThreadPoolExecutor,
-              store: Callable[[str, Gio.FileInfo, int], str], walk: _Walk) -> None:
+              store: Callable[[str, Gio.FileInfo, os.stat_result], str], walk: _Walk) -> None:
         """``mode``: the directory's own, from the lstat its parent already made."""
         mtree.set_metadata_checksum(self._dirmeta(0, 0, canonical_mode(mode)))
         walk.dirs += 1
@@ -262,7 +282,7 @@ class _Trees(_Core):
                 fi = _file_info(canonical_mode(mode), 0, 0, est.st_size)
                 walk.files += 1
                 walk.bytes += est.st_size
-                walk.futures.append((mtree, entry.name, pool.submit(store, entry.path, fi, est.st_size)))
+                walk.futures.append((mtree, entry.name, pool.submit(store, entry.path, fi, est)))
             elif stat.S_ISLNK(mode):
                 try:
                     target = os.readlink(entry.path)
@@ -270,7 +290,7 @@ class _Trees(_Core):
                     raise SourceError(f"{entry.path}: cannot read symlink: {e.strerror}") from None
                 fi = _file_info(stat.S_IFLNK | 0o777, 0, 0, 0, target)
                 walk.symlinks += 1
-                walk.futures.append((mtree, entry.name, pool.submit(store, entry.path, fi, 0)))
+                walk.futures.append((mtree, entry.name, pool.submit(store, entry.path, fi, est)))
             else:
                 raise SourceError(f"{entry.path}: {_kind(mode)}; a release holds only files, directories and symlinks")
 
@@ -344,6 +364,16 @@ class _Trees(_Core):
         return csum
 
 
+def _same_file(path: str, seen: os.stat_result, now: os.stat_result) -> None:
+    """SourceError unless ``now`` is the regular file ``seen`` was, unchanged."""
+    if not stat.S_ISREG(now.st_mode):
+        raise SourceError(f"{path}: replaced by {_kind(now.st_mode)} while being released")
+    if (now.st_dev, now.st_ino) != (seen.st_dev, seen.st_ino):
+        raise SourceError(f"{path}: replaced by another file while being released")
+    if (now.st_size, now.st_mtime_ns) != (seen.st_size, seen.st_mtime_ns):
+        raise SourceError(f"{path}: changed while being released ({seen.st_size} bytes, now {now.st_size})")
+
+
 def _lstat(path: Path) -> os.stat_result:
     try:
         return os.lstat(path)
@@ -352,6 +382,8 @@ def _lstat(path: Path) -> os.stat_result:
 
 
 def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
     if stat.S_ISCHR(mode):
         return "a character device"
     if stat.S_ISBLK(mode):
