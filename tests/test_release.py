@@ -490,3 +490,37 @@ with repo.transaction():
     p = subprocess.run([sys.executable, "-c", code, tmp_path, change], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith(f"{tmp_path / 'tree' / 'c'}: {CHANGES[change][1]}"), p.stdout
+
+
+@pytest.mark.parametrize("keep_ownership", [False, True])
+def test_a_name_that_is_not_utf8_is_one_line_and_exit_3(treeship, tmp_path, keep_ownership):
+    """OSTree stores names as UTF-8: a file named in another encoding is refused, named
+    (escaped), not an internal error; in a directory or in an archive."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "ok").write_text("fine\n")
+    with open(os.path.join(os.fsencode(tree), b"caf\xe9"), "w") as f:  # latin-1
+        f.write("x")
+    flag = ["--keep-ownership"] if keep_ownership else []
+    res = treeship("release", tree, "--repo", tmp_path / "repo", "-b", BRANCH, *flag, rc=3)
+    assert res.stderr.count("\n") == 1 and "caf\\udce9: the file name is not UTF-8" in res.stderr, res.stderr
+    archive = tmp_path / "latin1.tar"
+    subprocess.run(["tar", "-C", tree, "-cf", archive, "."], check=True)
+    res = treeship("release", archive, "--repo", tmp_path / "repo", "-b", BRANCH, *flag, rc=3)
+    assert res.stderr.count("\n") == 1 and "caf\\udce9: the name is not UTF-8" in res.stderr, res.stderr
+
+
+def test_a_tree_too_deep_to_walk_is_one_line_and_exit_3(treeship, tmp_path):
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    fd = os.open(deep, os.O_RDONLY)
+    try:
+        for _ in range(1100):
+            os.mkdir("d", dir_fd=fd)
+            fd, parent = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+            os.close(parent)
+    finally:
+        os.close(fd)
+    for flag in ([], ["--keep-ownership"]):
+        res = treeship("release", deep, "--repo", tmp_path / "repo", "-b", BRANCH, *flag, rc=3)
+        assert res.stderr.startswith(f"treeship: error: {deep}: directories nested too deep"), res.stderr

@@ -137,6 +137,11 @@ class _Members:
 
     def check(self, member: tarfile.TarInfo) -> None:
         name = member.name
+        try:
+            name.encode()
+            member.linkname.encode()
+        except UnicodeEncodeError:  # tarfile keeps undecodable bytes as surrogates
+            raise SourceError(f"{self.archive}: {name}: the name is not UTF-8 (OSTree stores names as UTF-8)") from None
         parts = _parts(name)
         if parts is None:
             why = "absolute path in the archive" if name.startswith("/") else "'..' leads outside the archive"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -230,8 +231,16 @@ class _Trees(_Core):
         byte-identical to ``ostree commit --canonical-permissions`` (tested). With
         ``canonical=False`` libostree's own walk keeps owners, modes and xattrs.
         """
-        if not canonical:
-            return self._write_tree_libostree(source, progress)
+        try:
+            if not canonical:
+                return self._write_tree_libostree(source, progress)
+            return self._write_tree_parallel(source, progress, workers)
+        except RecursionError:  # the walks recurse (os.walk too): a tree ~1,000 directories deep
+            raise SourceError(f"{source}: directories nested too deep to release "
+                              f"(more than about {sys.getrecursionlimit() - 50} levels)") from None
+
+    def _write_tree_parallel(self, source: Path, progress: FileProgress | None,
+                             workers: int | None) -> tuple[OSTree.MutableTree, TreeStats]:
         mtree = OSTree.MutableTree.new()
         walk = _Walk()
         nworkers = workers or max(2, os.cpu_count() or 2)
@@ -273,6 +282,7 @@ class _Trees(_Core):
         except OSError as e:
             raise SourceError(f"{directory}: cannot read directory: {e.strerror}") from None
         for entry in entries:
+            _utf8_name(entry.path)
             est = _lstat(Path(entry.path))
             mode = est.st_mode
             if stat.S_ISDIR(mode):
@@ -395,10 +405,19 @@ def _kind(mode: int) -> str:
     return "an unsupported file type"
 
 
+def _utf8_name(path: str) -> None:
+    """SourceError unless the file's name is UTF-8: OSTree stores names as UTF-8 strings."""
+    try:
+        os.path.basename(path).encode()
+    except UnicodeEncodeError:
+        raise SourceError(f"{path}: the file name is not UTF-8 (OSTree stores names as UTF-8)") from None
+
+
 def _check_special_files(source: Path) -> None:
     for dirpath, dirnames, filenames in os.walk(source):
         for name in dirnames + filenames:
             p = os.path.join(dirpath, name)
+            _utf8_name(p)
             mode = _lstat(Path(p)).st_mode
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
                 raise SourceError(f"{p}: {_kind(mode)}; a release holds only files, directories and symlinks")
