@@ -513,14 +513,17 @@ def test_a_name_that_is_not_utf8_is_one_line_and_exit_3(treeship, tmp_path, keep
 def test_a_tree_too_deep_to_walk_is_one_line_and_exit_3(treeship, tmp_path):
     deep = tmp_path / "deep"
     deep.mkdir()
-    fd = os.open(deep, os.O_RDONLY)
     try:
+        fd = os.open(deep, os.O_RDONLY)
         for _ in range(1100):
             os.mkdir("d", dir_fd=fd)
             fd, parent = os.open("d", os.O_RDONLY, dir_fd=fd), fd
             os.close(parent)
-    finally:
         os.close(fd)
-    for flag in ([], ["--keep-ownership"]):
-        res = treeship("release", deep, "--repo", tmp_path / "repo", "-b", BRANCH, *flag, rc=3)
-        assert res.stderr.startswith(f"treeship: error: {deep}: directories nested too deep"), res.stderr
+        for flag in ([], ["--keep-ownership"]):
+            res = treeship("release", deep, "--repo", tmp_path / "repo", "-b", BRANCH, *flag, rc=3)
+            assert res.stderr.startswith(f"treeship: error: {deep}: directories nested too deep"), res.stderr
+    finally:
+        # removed here, by rm (no recursion limit): shutil.rmtree, with which pytest clears
+        # old temporary directories in a later session, would fail on it
+        subprocess.run(["rm", "-rf", deep], check=True)

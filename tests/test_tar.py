@@ -174,6 +174,40 @@ def test_keep_ownership_keeps_numeric_owners_and_setuid(treeship, repo, owned_ar
     assert _entry(repo, "kept", "/srv/data")[:3] == ["-00640", "1234", "5678"]
 
 
+def test_keep_ownership_refuses_what_it_could_not_keep(treeship, repo, tmp_path, owned_archive):
+    """--keep-ownership keeps what the unpacked files have: extended attributes (tarfile does
+    not restore them: `security.capability` on ping would be lost) and, without the right to
+    give files away (CAP_CHOWN: a rootless container's "root"), owners and modes would be
+    dropped in silence. Refused, the member and the way out named; without the flag, the
+    same archives release (canonical permissions keep neither)."""
+    caps = tmp_path / "caps.tar"
+    with tarfile.open(caps, "w", format=tarfile.PAX_FORMAT) as tf:
+        _add(tf, "bin", ftype=tarfile.DIRTYPE)
+        _add(tf, "bin/ping", b"\x7fELF ping", mode=0o755,
+             pax_headers={"SCHILY.xattr.security.capability": "\x01\x00\x00\x02 \x00\x00\x00"})
+    res = treeship("release", caps, "--repo", repo, "--branch", "caps", "--keep-ownership", rc=3)
+    assert_error_line(res, caps, "bin/ping", "security.capability", "tar --xattrs -xpf")
+    treeship("release", caps, "--repo", repo, "--branch", "caps")
+    if os.geteuid() == 0 and shutil.which("setpriv"):
+        res = subprocess.run(["setpriv", "--bounding-set=-chown,-fowner", "--inh-caps=-chown,-fowner",
+                              *treeship_command(), "release", str(owned_archive), "--repo", str(repo),
+                              "--branch", "owned", "--keep-ownership"], capture_output=True, text=True)
+        assert res.returncode == 3 and "cannot keep what it asks for" in res.stderr, res.stderr
+    assert ostree("rev-parse", "--repo", repo, "owned", check=False).returncode != 0  # nothing released
+
+
+def test_keep_ownership_of_an_archive_needs_root(tmp_path, owned_archive, monkeypatch):
+    """Without root tarfile does not even try to give files their owners: refused before unpacking."""
+    from treeship import source
+    from treeship.errors import SourceError
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SourceError, match="--keep-ownership with an archive needs root"):
+        source.extract_tar(owned_archive, tmp_path / "out", keep_ownership=True)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_links_inside_the_archive_are_kept(treeship, repo, tmp_path):
     """Hard links between members, and symlinks (absolute ones too: a sysroot has them)."""
     archive = tmp_path / "links.tar"

@@ -191,7 +191,16 @@ _SPECIAL_HEADERS = {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.
                     tarfile.SOLARIS_XHDTYPE}
 
 
+_XATTR_KEYS = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")  # pax headers that carry extended attributes
+
+
 def _extract_stream(archive: Path, fileobj: IO[bytes], dest: Path, keep_ownership: bool) -> None:
+    # --keep-ownership keeps what the unpacked files have: owners only root can set (tarfile
+    # does not even try otherwise), and no xattrs (tarfile does not restore them). Refused
+    # where the release would silently differ from the archive.
+    if keep_ownership and os.geteuid() != 0:
+        raise SourceError(f"{archive}: --keep-ownership with an archive needs root, to give its files their "
+                          "owners; unpack it as root and release the directory, or leave --keep-ownership out")
     made = _Members(archive)
 
     def member_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
@@ -201,6 +210,12 @@ def _extract_stream(archive: Path, fileobj: IO[bytes], dest: Path, keep_ownershi
         # rewrite must be refused here: an absolute name would be written outside ``path``,
         # and a hard link is made to a file on *this* machine (it checks no link target).
         made.check(member)
+        if keep_ownership:
+            xattrs = sorted(k.split(".", 2)[2] for k in member.pax_headers if k.startswith(_XATTR_KEYS))
+            if xattrs:
+                raise SourceError(f"{archive}: {member.name}: --keep-ownership cannot keep extended attributes "
+                                  f"({', '.join(xattrs)}) from an archive; unpack it as root with "
+                                  "'tar --xattrs -xpf' and release the directory")
         try:
             tarfile.tar_filter(member, path)  # (also, where realpath works: the path stays inside)
         except tarfile.FilterError as e:
@@ -208,10 +223,14 @@ def _extract_stream(archive: Path, fileobj: IO[bytes], dest: Path, keep_ownershi
         return member
 
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|", tarinfo=_bounded_headers(archive)) as tf:
+        # errorlevel 2: an owner or mode that cannot be set (no CAP_CHOWN) is an error, not skipped
+        with tarfile.open(fileobj=fileobj, mode="r|", tarinfo=_bounded_headers(archive),
+                          errorlevel=2 if keep_ownership else 1) as tf:
             tf.extractall(dest, filter=member_filter, numeric_owner=keep_ownership)  # noqa: S202 - filtered
         while fileobj.read(1 << 20):  # to the end, where the decompressor checks the CRC
             pass
+    except tarfile.ExtractError as e:
+        raise SourceError(f"{archive}: cannot keep what it asks for: {e}") from None
     except tarfile.ReadError as e:
         raise SourceError(f"{archive}: not a readable tar archive ({e})") from None
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as e:
