@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 from collections.abc import Callable
@@ -242,6 +243,7 @@ def hostile(kind: str, tmp_path: Path) -> tuple[Path, list[str]]:
     outside.mkdir(exist_ok=True)
     secret = tmp_path / "host-secret"
     secret.write_text("a file of the releasing machine\n")
+    secret.chmod(0o644)
     a = tmp_path / f"{kind}.tar"
     if kind == "dotdot":
         return _write_tar(a, lambda tf: _add(tf, "../evil", b"x")), ["../evil"]
@@ -291,12 +293,12 @@ def hostile(kind: str, tmp_path: Path) -> tuple[Path, list[str]]:
                 _add(tf, "stolen", b"overwritten through the hard link\n")
         with tarfile.open(a, "w", format=tarfile.PAX_FORMAT) as tf:
             build(tf)
-        return a, ["s00/", "written through the symlink 's00'"]
+        return a, ["s00/", "written through a symlink the archive made, 's00'"]
     if kind == "file-over-symlink":
         def build(tf: tarfile.TarFile) -> None:
             _add(tf, "a", ftype=tarfile.SYMTYPE, linkname=str(outside / "evil"))
             _add(tf, "a", b"x")
-        return _write_tar(a, build), ["a", "over the symlink"]
+        return _write_tar(a, build), ["a", "made twice, a symlink and then a file"]
     if kind in ("hardlink-to-a-later-member", "hardlink-to-a-directory", "hardlink-to-a-symlink"):
         def build(tf: tarfile.TarFile) -> None:
             if kind == "hardlink-to-a-directory":
@@ -314,7 +316,42 @@ def hostile(kind: str, tmp_path: Path) -> tuple[Path, list[str]]:
         with gzip.open(gz, "wb") as g:
             g.write(header.tobuf(format=tarfile.USTAR_FORMAT) + bytes(8 << 20))
             g.write(tarfile.TarInfo("ok").tobuf(format=tarfile.USTAR_FORMAT) + bytes(1024))
-        return gz, ["8388608-byte header"]
+        return gz, ["headers (long names, extended attributes) of over 1048576 bytes"]
+    if kind == "directory-over-a-file-then-symlink":
+        # tarfile sets a directory member's mode, owner and time at the end of extractall,
+        # through whatever is at its path by then: here a symlink to a file of this machine
+        def build(tf: tarfile.TarFile) -> None:
+            _add(tf, "d", b"a file first")
+            _add(tf, "d", ftype=tarfile.DIRTYPE, mode=0o6777, uid=4242, gid=4242, mtime=0)
+            _add(tf, "d", ftype=tarfile.SYMTYPE, linkname=str(secret))
+        return _write_tar(a, build), ["d", "made twice, a file and then a directory"]
+    if kind == "file-over-a-hardlink":  # written into the inode both names share
+        def build(tf: tarfile.TarFile) -> None:
+            _add(tf, "f", b"A")
+            _add(tf, "h", ftype=tarfile.LNKTYPE, linkname="f")
+            _add(tf, "h", b"B")
+        return _write_tar(a, build), ["h", "made twice"]
+    if kind == "symlink-over-a-directory":  # tarfile cannot unlink it, and went on without it
+        def build(tf: tarfile.TarFile) -> None:
+            _add(tf, "a", ftype=tarfile.DIRTYPE)
+            _add(tf, "a/f", b"x")
+            _add(tf, "a", ftype=tarfile.SYMTYPE, linkname=str(outside))
+        return _write_tar(a, build), ["a", "made twice, a directory and then a symlink"]
+    if kind == "chained-headers":  # read recursively by tarfile: 300 of them ran it out of stack
+        with open(a, "wb") as f:
+            for i in range(20):
+                record = f"{len(f'00 comment={i}') + 1:02d} comment={i}\n".encode()
+                header = tarfile.TarInfo("././@PaxHeader")
+                header.type, header.size = tarfile.XHDTYPE, len(record)
+                f.write(header.tobuf(format=tarfile.USTAR_FORMAT) + record.ljust(512, b"\0"))
+            f.write(tarfile.TarInfo("ok").tobuf(format=tarfile.USTAR_FORMAT) + bytes(1024))
+        return a, ["over 16 headers before one member"]
+    if kind == "sparse":  # a hole of any size in a few bytes of archive; its map read whole
+        hole = tmp_path / "hole"
+        with open(hole, "wb") as f:
+            f.truncate(1 << 30)
+        subprocess.run(["tar", "--sparse", "-C", tmp_path, "-cf", a, "hole"], check=True)
+        return a, ["hole", "a sparse member"]
     if kind == "chardev":
         return _write_tar(a, lambda tf: _add(tf, "dev/null", ftype=tarfile.CHRTYPE, devmajor=1, devminor=3)), \
             ["dev/null", "device"]
@@ -330,7 +367,8 @@ HOSTILE = ["dotdot", "dotdot-inside", "absolute", "symlink-then-write-through",
            "relative-symlink-then-write-through", "hardlink-absolute", "hardlink-dotdot",
            "hardlink-through-symlink", "long-names-then-write", "long-names-then-hardlink", "file-over-symlink",
            "hardlink-to-a-later-member", "hardlink-to-a-directory", "hardlink-to-a-symlink", "huge-header",
-           "chardev", "blockdev", "fifo"]
+           "directory-over-a-file-then-symlink", "file-over-a-hardlink", "symlink-over-a-directory",
+           "chained-headers", "sparse", "chardev", "blockdev", "fifo"]
 
 
 @pytest.mark.parametrize("kind", HOSTILE)
@@ -340,7 +378,9 @@ def test_hostile_archive_is_refused(treeship, released, tmp_path, kind):
     res = treeship("release", archive, "--repo", repo, "--branch", BRANCH, "--allow-unchanged", rc=3)
     assert_error_line(res, archive, *culprits)
     assert list((tmp_path / "outside").iterdir()) == [], "something was written outside the tree"
+    secret = (tmp_path / "host-secret").stat()
     assert (tmp_path / "host-secret").read_text() == "a file of the releasing machine\n"
+    assert (stat.S_IMODE(secret.st_mode), secret.st_uid) == (0o644, os.getuid()), "a host file's mode or owner changed"
     assert_unchanged(repo, before)
     assert [p.name for p in (repo / "tmp").iterdir() if p.name.startswith("treeship-src-")] == []
 

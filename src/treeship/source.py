@@ -1,11 +1,12 @@
 """Turn a release SOURCE (a directory or a tar archive) into a directory to commit.
 
 Archives are unpacked into a private temporary directory, refusing absolute paths,
-``..``, anything written at or below a symlink the archive made (as ``ostree commit
---tree=tar`` refuses it; a symlink itself, absolute or not, is content and is kept), hard
-links to anything but a regular file the archive made before, device nodes, and headers
-too large to hold: a release must not carry what the extraction would not put back
-faithfully for every user, and unpacking must not write or read outside the tree.
+``..``, anything written through a symlink or a file the archive made (a symlink itself,
+absolute or not, is content and is kept), a path made twice unless both are directories,
+hard links to anything but a regular file the archive made before, device nodes, sparse
+members, and headers too large to hold: a release must not carry what the extraction
+would not put back faithfully for every user, and unpacking must not write or read
+outside the tree (see _Members).
 """
 
 from __future__ import annotations
@@ -112,28 +113,34 @@ def extract_tar(archive: Path, dest: Path, *, keep_ownership: bool = False) -> N
 
 def _parts(name: str) -> tuple[str, ...] | None:
     """A member's path as its components (``.`` and empty ones dropped); None if it is
-    absolute or climbs (``..``)."""
-    if name.startswith("/"):
+    absolute, climbs (``..``) or holds a NUL."""
+    if name.startswith("/") or "\0" in name:
         return None
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
     return None if ".." in parts else parts
 
 
+_DIR, _FILE, _SYMLINK = "a directory", "a file", "a symlink"
+
+
 class _Members:
-    """What the archive has made so far, to judge each member by its path alone.
+    """What the archive has made so far, by path, to judge each member by its path alone.
 
     Nothing here asks the file system where a path leads: ``os.path.realpath``, on which
     tarfile's own filters rely, stops resolving past PATH_MAX and takes the rest of the path
     as text, while the kernel follows every link (CVE-2025-4517, fixed in Python 3.11.13);
     an archive of long directory names and short symlinks then writes, or hard-links, outside
-    the tree. So a member may not be written at or below a symlink the archive made, and a
-    hard link must name a regular file the archive made before it.
+    the tree. And what tarfile does to a path already made is no safer: a directory member
+    over a file has its mode, owner and time set at the very end, through whatever is there
+    by then (a symlink to a file of this machine); a file over a hard link writes into the
+    other name too. So: nothing at or below a symlink or a file the archive made; no path
+    made twice, unless both are directories; a hard link only to a regular file made before.
+    (Parents the archive does not list are directories tarfile makes: recorded as such.)
     """
 
     def __init__(self, archive: Path) -> None:
         self.archive = archive
-        self.symlinks: set[tuple[str, ...]] = set()
-        self.files: set[tuple[str, ...]] = set()
+        self.made: dict[tuple[str, ...], str] = {}
 
     def check(self, member: tarfile.TarInfo) -> None:
         name = member.name
@@ -144,47 +151,75 @@ class _Members:
             raise SourceError(f"{self.archive}: {name}: the name is not UTF-8 (OSTree stores names as UTF-8)") from None
         parts = _parts(name)
         if parts is None:
-            why = "absolute path in the archive" if name.startswith("/") else "'..' leads outside the archive"
+            why = "absolute path in the archive" if name.startswith("/") else \
+                "'..' leads outside the archive" if "\0" not in name else "a NUL in the name"
             raise SourceError(f"{self.archive}: {name}: {why}")
-        self._not_through_symlinks(name, parts, member.issym())
+        kind = _DIR if member.isdir() else _SYMLINK if member.issym() else _FILE
+        for i in range(1, len(parts)):
+            above = self.made.get(parts[:i])
+            if above not in (None, _DIR):
+                raise SourceError(f"{self.archive}: {name}: written through {above} the archive made, "
+                                  f"{'/'.join(parts[:i])!r}")
+        before = self.made.get(parts)
+        if before is not None and not (before == kind == _DIR):
+            raise SourceError(f"{self.archive}: {name}: made twice, {before} and then {kind} (a release takes "
+                              "each path once; a directory may be listed again)")
         if member.islnk():
             target = _parts(member.linkname)
-            if target is None or target in self.symlinks or target not in self.files \
-                    or any(target[:i] in self.symlinks for i in range(1, len(target))):
+            if target is None or self.made.get(target) != _FILE or target == parts \
+                    or any(self.made.get(target[:i]) != _DIR for i in range(1, len(target))):
                 raise SourceError(f"{self.archive}: {name}: hard link to {member.linkname!r}, which is not a "
                                   "regular file earlier in the archive")
-        self.symlinks.discard(parts)
-        self.files.discard(parts)
-        if member.issym():
-            self.symlinks.add(parts)
-        elif member.isreg() or member.islnk():
-            self.files.add(parts)
-
-    def _not_through_symlinks(self, name: str, parts: tuple[str, ...], is_symlink: bool) -> None:
         for i in range(1, len(parts)):
-            if parts[:i] in self.symlinks:
-                raise SourceError(f"{self.archive}: {name}: written through the symlink {'/'.join(parts[:i])!r} "
-                                  "the archive made")
-        if parts in self.symlinks and not is_symlink:  # opened or made where a symlink is: through it
-            raise SourceError(f"{self.archive}: {name}: written over the symlink the archive made there")
+            self.made.setdefault(parts[:i], _DIR)
+        self.made[parts] = kind
 
 
-MAX_HEADER = 1 << 20  # a long name, long link target or pax header held in memory: libarchive's bound
+# Long names, long link targets and pax headers are read whole into memory by tarfile, and
+# a chain of them before one member recursively: bounded in bytes and in number. Global pax
+# headers accumulate for the whole archive: bounded in all.
+MAX_HEADER = 1 << 20
+MAX_CHAIN = 16
 
 
 def _bounded_headers(archive: Path) -> type[tarfile.TarInfo]:
-    """TarInfo that refuses a long-name, long-link or pax header over MAX_HEADER: tarfile
-    reads such a header whole into memory (and copies it), so a 2 MB compressed archive
-    claiming a 2 GiB name would take gigabytes before its first member."""
+    """TarInfo that keeps what tarfile reads before a member bounded (a 0.5 MB .tar.gz
+    claiming a 512 MiB name took 1.6 GB; 300 chained 1 MiB headers ran Python out of stack),
+    and refuses sparse members, whose maps tarfile also reads whole (5 million entries in
+    20 kB of archive took 556 MB; a 122-byte archive holds a 1 GiB hole)."""
+    seen = {"member": 0, "chain": 0, "global": 0}
+
+    def too_much(what: str) -> SourceError:
+        return SourceError(f"{archive}: {what}: more than a release takes")
 
     class Bounded(tarfile.TarInfo):
         def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
-            if self.type in _SPECIAL_HEADERS and self.size > MAX_HEADER:
-                raise SourceError(f"{archive}: a {self.size}-byte header (a long name or extended attributes): "
-                                  f"over the {MAX_HEADER} bytes a release takes")
+            if self.type == tarfile.GNUTYPE_SPARSE:
+                raise _sparse(archive, self.name)
+            if self.type in _SPECIAL_HEADERS:
+                key = "global" if self.type == tarfile.XGLTYPE else "member"
+                seen[key] += self.size
+                seen["chain"] += 1
+                if seen[key] > MAX_HEADER:
+                    raise too_much(f"headers (long names, extended attributes) of over {MAX_HEADER} bytes "
+                                   + ("in all" if key == "global" else "before one member"))
+                if seen["chain"] > MAX_CHAIN:
+                    raise too_much(f"over {MAX_CHAIN} headers before one member")
+            else:
+                seen["member"] = seen["chain"] = 0
             return super()._proc_member(tf)  # type: ignore[misc]
 
+        def _proc_gnusparse_00(self, *args: object) -> None:
+            raise _sparse(archive, self.name)
+
+        _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
+
     return Bounded
+
+
+def _sparse(archive: Path, name: str) -> SourceError:
+    return SourceError(f"{archive}: {name}: a sparse member (tar --sparse): not taken, its holes are unbounded; "
+                       "make the archive without --sparse")
 
 
 _SPECIAL_HEADERS = {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
@@ -231,6 +266,8 @@ def _extract_stream(archive: Path, fileobj: IO[bytes], dest: Path, keep_ownershi
             pass
     except tarfile.ExtractError as e:
         raise SourceError(f"{archive}: cannot keep what it asks for: {e}") from None
+    except RecursionError:  # (tarfile reads chained headers recursively: bounded above, this is the backstop)
+        raise SourceError(f"{archive}: headers nested too deep") from None
     except tarfile.ReadError as e:
         raise SourceError(f"{archive}: not a readable tar archive ({e})") from None
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as e:

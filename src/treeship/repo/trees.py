@@ -186,14 +186,10 @@ class _Trees(_Core):
         the same inode and size; and it must not change while it is read. A tree that is
         being rebuilt while it is released would otherwise give a signed release a file it
         never held (a symlink's target outside the tree, read as a regular file) or an object
-        whose header and content disagree (it grew or shrank: ostree cannot check out)."""
+        whose header and content disagree (it grew or shrank: ostree cannot check out).
+        (With --keep-ownership libostree's own walk reads the tree, and none of this applies.)"""
         if fi.get_file_type() == Gio.FileType.REGULAR:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            except OSError as e:
-                if e.errno == errno.ELOOP:
-                    raise SourceError(f"{path}: replaced by a symlink while being released") from None
-                raise
+            fd = _open_as_seen(path, seen)
             inp = Gio.UnixInputStream.new(fd, True)
             kept = -1
             try:
@@ -374,6 +370,31 @@ class _Trees(_Core):
         return csum
 
 
+def _open_as_seen(path: str, seen: os.stat_result) -> int:
+    """The file at ``path`` opened for reading, if it is still the regular file ``seen``.
+
+    Looked at before it is opened for reading (``O_PATH``, not following a symlink: that
+    neither waits on a FIFO nor breaks a lease), then opened through its descriptor, so the
+    inode checked is the inode read. Without /proc: opened directly, without following a
+    symlink or waiting (a file under a write lease then fails at once).
+    """
+    where = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _same_file(path, seen, os.fstat(where))
+        try:
+            return os.open(f"/proc/self/fd/{where}", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # no /proc
+            pass
+    finally:
+        os.close(where)
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SourceError(f"{path}: replaced by a symlink while being released") from None
+        raise
+
+
 def _same_file(path: str, seen: os.stat_result, now: os.stat_result) -> None:
     """SourceError unless ``now`` is the regular file ``seen`` was, unchanged."""
     if not stat.S_ISREG(now.st_mode):
@@ -394,6 +415,8 @@ def _lstat(path: Path) -> os.stat_result:
 def _kind(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "a directory"
+    if stat.S_ISLNK(mode):
+        return "a symlink"
     if stat.S_ISCHR(mode):
         return "a character device"
     if stat.S_ISBLK(mode):
