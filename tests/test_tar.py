@@ -352,6 +352,22 @@ def hostile(kind: str, tmp_path: Path) -> tuple[Path, list[str]]:
             f.truncate(1 << 30)
         subprocess.run(["tar", "--sparse", "-C", tmp_path, "-cf", a, "hole"], check=True)
         return a, ["hole", "a sparse member"]
+    if kind == "deep-name":  # checked per component: a name of 16,000 took 1 GB and 5 s to judge
+        return _write_tar(a, lambda tf: _add(tf, "a/" * 1000 + "f", b"x")), ["nested deeper than 900"]
+    if kind == "long-link-target":
+        return _write_tar(a, lambda tf: _add(tf, "x", ftype=tarfile.SYMTYPE, linkname="y" * 5000)), \
+            ["x", "over 4096 bytes"]
+    if kind == "empty-symlink-then-device":
+        # tarfile could not make the symlink and extracted, in its place, a later member it
+        # found by name: unfiltered (here a device node named '.')
+        def build(tf: tarfile.TarFile) -> None:
+            _add(tf, "x", ftype=tarfile.SYMTYPE, linkname="")
+            _add(tf, ".", ftype=tarfile.CHRTYPE, devmajor=1, devminor=1)
+        return _write_tar(a, build), ["x", "a symlink to nothing"]
+    if kind == "global-headers":  # copied into every member with a pax header of its own
+        with tarfile.open(a, "w", format=tarfile.PAX_FORMAT, pax_headers={f"k{i}": "v" * 90 for i in range(800)}) as tf:
+            _add(tf, "ok", b"x")
+        return a, ["global pax headers of over 65536 bytes"]
     if kind == "chardev":
         return _write_tar(a, lambda tf: _add(tf, "dev/null", ftype=tarfile.CHRTYPE, devmajor=1, devminor=3)), \
             ["dev/null", "device"]
@@ -368,7 +384,8 @@ HOSTILE = ["dotdot", "dotdot-inside", "absolute", "symlink-then-write-through",
            "hardlink-through-symlink", "long-names-then-write", "long-names-then-hardlink", "file-over-symlink",
            "hardlink-to-a-later-member", "hardlink-to-a-directory", "hardlink-to-a-symlink", "huge-header",
            "directory-over-a-file-then-symlink", "file-over-a-hardlink", "symlink-over-a-directory",
-           "chained-headers", "sparse", "chardev", "blockdev", "fifo"]
+           "chained-headers", "sparse", "deep-name", "long-link-target", "empty-symlink-then-device",
+           "global-headers", "chardev", "blockdev", "fifo"]
 
 
 @pytest.mark.parametrize("kind", HOSTILE)

@@ -123,6 +123,10 @@ def _parts(name: str) -> tuple[str, ...] | None:
 _DIR, _FILE, _SYMLINK = "a directory", "a file", "a symlink"
 
 
+MAX_NAME = 4096  # bytes in a member's name or link target (PATH_MAX)
+MAX_DEPTH = 900  # directories a member is nested in (the tree walk stops short of Python's recursion limit)
+
+
 class _Members:
     """What the archive has made so far, by path, to judge each member by its path alone.
 
@@ -136,11 +140,12 @@ class _Members:
     other name too. So: nothing at or below a symlink or a file the archive made; no path
     made twice, unless both are directories; a hard link only to a regular file made before.
     (Parents the archive does not list are directories tarfile makes: recorded as such.)
+    Paths are kept as a tree, a node per component: a check costs the member's depth.
     """
 
     def __init__(self, archive: Path) -> None:
         self.archive = archive
-        self.made: dict[tuple[str, ...], str] = {}
+        self.root: dict[str, list] = {}  # component -> [kind, children]
 
     def check(self, member: tarfile.TarInfo) -> None:
         name = member.name
@@ -149,36 +154,72 @@ class _Members:
             member.linkname.encode()
         except UnicodeEncodeError:  # tarfile keeps undecodable bytes as surrogates
             raise SourceError(f"{self.archive}: {name}: the name is not UTF-8 (OSTree stores names as UTF-8)") from None
+        if len(name.encode()) > MAX_NAME or len(member.linkname.encode()) > MAX_NAME:
+            raise SourceError(f"{self.archive}: {name[:200]}...: a name or link target over {MAX_NAME} bytes")
         parts = _parts(name)
         if parts is None:
             why = "absolute path in the archive" if name.startswith("/") else \
                 "'..' leads outside the archive" if "\0" not in name else "a NUL in the name"
             raise SourceError(f"{self.archive}: {name}: {why}")
+        if len(parts) > MAX_DEPTH:
+            raise SourceError(f"{self.archive}: {name[:200]}...: nested deeper than {MAX_DEPTH} directories")
+        if member.issym() and not member.linkname:
+            raise SourceError(f"{self.archive}: {name}: a symlink to nothing (an empty target)")
         kind = _DIR if member.isdir() else _SYMLINK if member.issym() else _FILE
-        for i in range(1, len(parts)):
-            above = self.made.get(parts[:i])
-            if above not in (None, _DIR):
-                raise SourceError(f"{self.archive}: {name}: written through {above} the archive made, "
-                                  f"{'/'.join(parts[:i])!r}")
-        before = self.made.get(parts)
+        if not parts:  # the tree's root ("./")
+            if kind != _DIR:
+                raise SourceError(f"{self.archive}: {name}: the root of the tree as {kind}")
+            return
+        _, before = self._find(name, parts)
         if before is not None and not (before == kind == _DIR):
             raise SourceError(f"{self.archive}: {name}: made twice, {before} and then {kind} (a release takes "
                               "each path once; a directory may be listed again)")
         if member.islnk():
             target = _parts(member.linkname)
-            if target is None or self.made.get(target) != _FILE or target == parts \
-                    or any(self.made.get(target[:i]) != _DIR for i in range(1, len(target))):
+            if target is None or target == parts or self._kind_of(target) != _FILE:
                 raise SourceError(f"{self.archive}: {name}: hard link to {member.linkname!r}, which is not a "
                                   "regular file earlier in the archive")
-        for i in range(1, len(parts)):
-            self.made.setdefault(parts[:i], _DIR)
-        self.made[parts] = kind
+        children = self.root
+        for comp in parts[:-1]:
+            children = children.setdefault(comp, [_DIR, {}])[1]
+        if before is None:
+            children[parts[-1]] = [kind, {}]
+
+    def _find(self, name: str, parts: tuple[str, ...]) -> tuple[dict[str, list] | None, str | None]:
+        """The children that hold ``parts`` and its kind (None: not made yet); SourceError
+        where a component above it is not a directory."""
+        children = self.root
+        for i, comp in enumerate(parts):
+            entry = children.get(comp)
+            if entry is None:
+                return None, None
+            if i == len(parts) - 1:
+                return children, entry[0]
+            if entry[0] != _DIR:
+                raise SourceError(f"{self.archive}: {name}: written through {entry[0]} the archive made, "
+                                  f"{'/'.join(parts[:i + 1])!r}")
+            children = entry[1]
+        return None, None
+
+    def _kind_of(self, parts: tuple[str, ...]) -> str | None:
+        children: dict[str, list] = self.root
+        for i, comp in enumerate(parts):
+            entry = children.get(comp)
+            if entry is None or (i < len(parts) - 1 and entry[0] != _DIR):
+                return None
+            if i == len(parts) - 1:
+                return entry[0]
+            children = entry[1]
+        return None
 
 
 # Long names, long link targets and pax headers are read whole into memory by tarfile, and
 # a chain of them before one member recursively: bounded in bytes and in number. Global pax
-# headers accumulate for the whole archive: bounded in all.
+# headers accumulate for the whole archive, and are copied into every member that has a pax
+# header of its own: bounded in all, and small (git archive writes one of 52 bytes).
 MAX_HEADER = 1 << 20
+MAX_GLOBAL = 64 << 10
+MAX_HEADERS = 64 << 20  # of all members' headers together: a few hundred bytes each in a real archive
 MAX_CHAIN = 16
 
 
@@ -187,7 +228,7 @@ def _bounded_headers(archive: Path) -> type[tarfile.TarInfo]:
     claiming a 512 MiB name took 1.6 GB; 300 chained 1 MiB headers ran Python out of stack),
     and refuses sparse members, whose maps tarfile also reads whole (5 million entries in
     20 kB of archive took 556 MB; a 122-byte archive holds a 1 GiB hole)."""
-    seen = {"member": 0, "chain": 0, "global": 0}
+    seen = {"member": 0, "chain": 0, "global": 0, "all": 0}
 
     def too_much(what: str) -> SourceError:
         return SourceError(f"{archive}: {what}: more than a release takes")
@@ -199,10 +240,14 @@ def _bounded_headers(archive: Path) -> type[tarfile.TarInfo]:
             if self.type in _SPECIAL_HEADERS:
                 key = "global" if self.type == tarfile.XGLTYPE else "member"
                 seen[key] += self.size
+                seen["all"] += self.size
                 seen["chain"] += 1
-                if seen[key] > MAX_HEADER:
-                    raise too_much(f"headers (long names, extended attributes) of over {MAX_HEADER} bytes "
-                                   + ("in all" if key == "global" else "before one member"))
+                if seen["all"] > MAX_HEADERS:
+                    raise too_much(f"headers (long names, extended attributes) of over {MAX_HEADERS} bytes in all")
+                if seen[key] > (MAX_GLOBAL if key == "global" else MAX_HEADER):
+                    raise too_much(f"global pax headers of over {MAX_GLOBAL} bytes in all" if key == "global" else
+                                   f"headers (long names, extended attributes) of over {MAX_HEADER} bytes "
+                                   "before one member")
                 if seen["chain"] > MAX_CHAIN:
                     raise too_much(f"over {MAX_CHAIN} headers before one member")
             else:
@@ -220,6 +265,31 @@ def _bounded_headers(archive: Path) -> type[tarfile.TarInfo]:
 def _sparse(archive: Path, name: str) -> SourceError:
     return SourceError(f"{archive}: {name}: a sparse member (tar --sparse): not taken, its holes are unbounded; "
                        "make the archive without --sparse")
+
+
+class _Strict(tarfile.TarFile):
+    """tarfile, read as a stream, without what it does past our checks.
+
+    A link it cannot make is an error, not a copy of another member found further on in
+    the archive (extracted unfiltered, or the link dropped in silence: tarfile's fallback);
+    and a member's record is not kept once it is extracted (tarfile keeps them all, pax
+    headers and all: 1 GB of memory per MB of a crafted archive)."""
+
+    source_name: Path | str = "archive"  # for messages: the archive's path
+
+    def makelink(self, tarinfo: tarfile.TarInfo, targetpath: str) -> None:
+        try:
+            if tarinfo.issym():
+                os.symlink(tarinfo.linkname, targetpath)
+            else:
+                os.link(tarinfo._link_target, targetpath, follow_symlinks=False)  # type: ignore[attr-defined]
+        except OSError as e:
+            raise SourceError(f"{self.source_name}: {tarinfo.name}: cannot make this link: {e.strerror}") from None
+
+    def next(self) -> tarfile.TarInfo | None:
+        member = super().next()
+        self.members.clear()  # (iterating a stream asks next() again when the list is exhausted)
+        return member
 
 
 _SPECIAL_HEADERS = {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
@@ -255,19 +325,21 @@ def _extract_stream(archive: Path, fileobj: IO[bytes], dest: Path, keep_ownershi
             tarfile.tar_filter(member, path)  # (also, where realpath works: the path stays inside)
         except tarfile.FilterError as e:
             raise SourceError(f"{archive}: {member.name}: {e}") from None
+        member.pax_headers = {}  # read; a directory's record is kept to the end (its attributes are set last)
         return member
 
     try:
         # errorlevel 2: an owner or mode that cannot be set (no CAP_CHOWN) is an error, not skipped
-        with tarfile.open(fileobj=fileobj, mode="r|", tarinfo=_bounded_headers(archive),
+        with _Strict.open(fileobj=fileobj, mode="r|", tarinfo=_bounded_headers(archive),
                           errorlevel=2 if keep_ownership else 1) as tf:
+            tf.source_name = archive
             tf.extractall(dest, filter=member_filter, numeric_owner=keep_ownership)  # noqa: S202 - filtered
         while fileobj.read(1 << 20):  # to the end, where the decompressor checks the CRC
             pass
     except tarfile.ExtractError as e:
         raise SourceError(f"{archive}: cannot keep what it asks for: {e}") from None
-    except RecursionError:  # (tarfile reads chained headers recursively: bounded above, this is the backstop)
-        raise SourceError(f"{archive}: headers nested too deep") from None
+    except RecursionError:  # (chained headers, deep paths: bounded above; this is the backstop)
+        raise SourceError(f"{archive}: nested too deep to unpack") from None
     except tarfile.ReadError as e:
         raise SourceError(f"{archive}: not a readable tar archive ({e})") from None
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as e:
