@@ -492,6 +492,41 @@ with repo.transaction():
     assert p.stdout.startswith(f"{tmp_path / 'tree' / 'c'}: {CHANGES[change][1]}"), p.stdout
 
 
+def test_a_directory_swapped_for_a_symlink_after_the_walk_is_refused(tmp_path):
+    """The walk lists tree/sub and lstats tree/sub/passwd; sub is then swapped for a symlink
+    to a directory of this machine. Opening tree/sub/passwd by name (symlinks followed on
+    the way) would reach that machine's file, whose inode the walk saw too if the swap came
+    before its lstat: the file is opened from the tree's root through no symlink at all."""
+    code = """
+import os, sys
+from pathlib import Path
+from treeship.errors import SourceError
+from treeship.repo import Repo, trees
+
+tmp = Path(sys.argv[1])
+repo = Repo.create(tmp / "repo", "archive")
+(tmp / "tree" / "sub").mkdir(parents=True)
+(tmp / "tree" / "sub" / "passwd").write_text("the tree's\\n")
+(tmp / "host").mkdir()
+(tmp / "host" / "passwd").write_text("root:SECRET\\n")
+(tmp / "tree" / "sub").rename(tmp / "tree" / "sub.real")
+(tmp / "tree" / "sub").symlink_to(tmp / "host")
+seen = os.lstat(tmp / "tree" / "sub" / "passwd")  # (through the symlink: the host's file)
+fi = trees._file_info(trees.canonical_mode(seen.st_mode), 0, 0, seen.st_size)
+root = os.open(tmp / "tree", os.O_PATH | os.O_DIRECTORY)
+with repo.transaction():
+    try:
+        repo._write_file(str(tmp / "tree" / "sub" / "passwd"), fi, seen, (root, "sub/passwd"))
+        print("stored")
+    except SourceError as e:
+        print(e.message)
+"""
+    p = subprocess.run([sys.executable, "-c", code, tmp_path], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    where = tmp_path / "tree" / "sub" / "passwd"
+    assert p.stdout.startswith(f"{where}: replaced by a symlink, or reached through one"), p.stdout
+
+
 @pytest.mark.parametrize("keep_ownership", [False, True])
 def test_a_name_that_is_not_utf8_is_one_line_and_exit_3(treeship, tmp_path, keep_ownership):
     """OSTree stores names as UTF-8: a file named in another encoding is refused, named

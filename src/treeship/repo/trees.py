@@ -3,6 +3,7 @@ added to it, the tree and its commit written; two commits' trees compared."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -180,16 +181,20 @@ class _Trees(_Core):
             self._dirmeta_cache[key] = csum
         return csum
 
-    def _write_file(self, path: str, fi: Gio.FileInfo, seen: os.stat_result) -> str:
+    def _write_file(self, path: str, fi: Gio.FileInfo, seen: os.stat_result,
+                    beneath: tuple[int, str] | None = None) -> str:
         """Store one file of the tree. A regular file is opened as the file the walk saw
         (``seen``, its lstat): never through a symlink, never a FIFO (opened without waiting),
         the same inode and size; and it must not change while it is read. A tree that is
         being rebuilt while it is released would otherwise give a signed release a file it
         never held (a symlink's target outside the tree, read as a regular file) or an object
         whose header and content disagree (it grew or shrank: ostree cannot check out).
+        ``beneath``: (the tree's root directory, ``path`` from it): where the kernel can (openat2),
+        no component of the path may be a symlink either — a directory swapped for one after
+        the walk looked would lead both the walk and this open elsewhere, to the same inode.
         (With --keep-ownership libostree's own walk reads the tree, and none of this applies.)"""
         if fi.get_file_type() == Gio.FileType.REGULAR:
-            fd = _open_as_seen(path, seen)
+            fd = _open_as_seen(path, seen, beneath)
             inp = Gio.UnixInputStream.new(fd, True)
             kept = -1
             try:
@@ -242,11 +247,14 @@ class _Trees(_Core):
         nworkers = workers or max(2, os.cpu_count() or 2)
         first_error: list[BaseException] = []
 
+        prefix = os.path.join(str(source), "")
+
         def store(path: str, fi: Gio.FileInfo, seen: os.stat_result) -> str:
             if first_error:
                 raise first_error[0]
             try:
-                csum = self._write_file(path, fi, seen)
+                below = (root, path[len(prefix):]) if path.startswith(prefix) else None
+                csum = self._write_file(path, fi, seen, below)
             except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
                 err = _file_error(e, path, self.path)
                 if not first_error:
@@ -256,7 +264,11 @@ class _Trees(_Core):
                 progress(1, seen.st_size if stat.S_ISREG(seen.st_mode) else 0)
             return csum
 
-        with ThreadPoolExecutor(nworkers, thread_name_prefix="treeship-write") as pool:
+        try:
+            root = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SourceError(f"{source}: {e.strerror}") from None
+        with contextlib.closing(_Fd(root)), ThreadPoolExecutor(nworkers, thread_name_prefix="treeship-write") as pool:
             try:
                 self._walk(source, _lstat(source).st_mode, mtree, pool, store, walk)
                 for parent, name, fut in walk.futures:
@@ -370,15 +382,18 @@ class _Trees(_Core):
         return csum
 
 
-def _open_as_seen(path: str, seen: os.stat_result) -> int:
+def _open_as_seen(path: str, seen: os.stat_result, beneath: tuple[int, str] | None = None) -> int:
     """The file at ``path`` opened for reading, if it is still the regular file ``seen``.
 
     Looked at before it is opened for reading (``O_PATH``, not following a symlink: that
-    neither waits on a FIFO nor breaks a lease), then opened through its descriptor, so the
-    inode checked is the inode read. Without /proc: opened directly, without following a
-    symlink or waiting (a file under a write lease then fails at once).
+    neither waits on a FIFO nor breaks a lease; with ``beneath``, through no symlink at all),
+    then opened through its descriptor, so the inode checked is the inode read. Without
+    /proc: opened directly, without following a symlink or waiting (a file under a write
+    lease then fails at once).
     """
-    where = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    where = _open_path_beneath(*beneath, path) if beneath else None
+    if where is None:
+        where = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         _same_file(path, seen, os.fstat(where))
         try:
@@ -395,6 +410,38 @@ def _open_as_seen(path: str, seen: os.stat_result) -> int:
         raise
 
 
+_OPENAT2 = 437  # the same on every architecture (added after the numbers were unified)
+_RESOLVE_NO_SYMLINKS, _RESOLVE_BENEATH = 0x04, 0x08
+_openat2_missing = False
+
+
+def _open_path_beneath(root: int, relpath: str, path: str) -> int | None:
+    """``openat2(root, relpath, O_PATH|O_NOFOLLOW, RESOLVE_NO_SYMLINKS|RESOLVE_BENEATH)``: an
+    O_PATH descriptor reached through no symlink; None where the kernel (or a seccomp
+    filter) has no openat2 (Linux < 5.6). A symlink on the way is a SourceError."""
+    global _openat2_missing
+    if _openat2_missing:
+        return None
+    import ctypes
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+    how = OpenHow(os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH)
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(ctypes.c_long(_OPENAT2), ctypes.c_int(root), ctypes.c_char_p(os.fsencode(relpath)),
+                      ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd >= 0:
+        return int(fd)
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EPERM):
+        _openat2_missing = True
+        return None
+    if err == errno.ELOOP:
+        raise SourceError(f"{path}: replaced by a symlink, or reached through one, while being released")
+    raise OSError(err, os.strerror(err), path)
+
+
 def _same_file(path: str, seen: os.stat_result, now: os.stat_result) -> None:
     """SourceError unless ``now`` is the regular file ``seen`` was, unchanged."""
     if not stat.S_ISREG(now.st_mode):
@@ -403,6 +450,16 @@ def _same_file(path: str, seen: os.stat_result, now: os.stat_result) -> None:
         raise SourceError(f"{path}: replaced by another file while being released")
     if (now.st_size, now.st_mtime_ns) != (seen.st_size, seen.st_mtime_ns):
         raise SourceError(f"{path}: changed while being released ({seen.st_size} bytes, now {now.st_size})")
+
+
+class _Fd:
+    """A descriptor to close (contextlib.closing)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def _lstat(path: Path) -> os.stat_result:
