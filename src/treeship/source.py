@@ -145,7 +145,7 @@ class _Members:
 
     def __init__(self, archive: Path) -> None:
         self.archive = archive
-        self.root: dict[str, list] = {}  # component -> [kind, children]
+        self.root: dict[str, list] = {}  # component -> [kind, its children (a directory's) or None]
 
     def check(self, member: tarfile.TarInfo) -> None:
         name = member.name
@@ -170,7 +170,7 @@ class _Members:
             if kind != _DIR:
                 raise SourceError(f"{self.archive}: {name}: the root of the tree as {kind}")
             return
-        _, before = self._find(name, parts)
+        before = self._made_as(name, parts)
         if before is not None and not (before == kind == _DIR):
             raise SourceError(f"{self.archive}: {name}: made twice, {before} and then {kind} (a release takes "
                               "each path once; a directory may be listed again)")
@@ -183,23 +183,23 @@ class _Members:
         for comp in parts[:-1]:
             children = children.setdefault(comp, [_DIR, {}])[1]
         if before is None:
-            children[parts[-1]] = [kind, {}]
+            children[parts[-1]] = [kind, {} if kind == _DIR else None]
 
-    def _find(self, name: str, parts: tuple[str, ...]) -> tuple[dict[str, list] | None, str | None]:
-        """The children that hold ``parts`` and its kind (None: not made yet); SourceError
-        where a component above it is not a directory."""
+    def _made_as(self, name: str, parts: tuple[str, ...]) -> str | None:
+        """What the archive made at ``parts`` (None: nothing yet); SourceError where a
+        component above it is not a directory."""
         children = self.root
         for i, comp in enumerate(parts):
             entry = children.get(comp)
             if entry is None:
-                return None, None
+                return None
             if i == len(parts) - 1:
-                return children, entry[0]
+                return entry[0]
             if entry[0] != _DIR:
                 raise SourceError(f"{self.archive}: {name}: written through {entry[0]} the archive made, "
                                   f"{'/'.join(parts[:i + 1])!r}")
             children = entry[1]
-        return None, None
+        return None
 
     def _kind_of(self, parts: tuple[str, ...]) -> str | None:
         children: dict[str, list] = self.root

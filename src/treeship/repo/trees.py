@@ -3,7 +3,6 @@ added to it, the tree and its commit written; two commits' trees compared."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -265,18 +264,21 @@ class _Trees(_Core):
             return csum
 
         try:
-            root = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            root = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # files are opened from here
         except OSError as e:
             raise SourceError(f"{source}: {e.strerror}") from None
-        with contextlib.closing(_Fd(root)), ThreadPoolExecutor(nworkers, thread_name_prefix="treeship-write") as pool:
-            try:
-                self._walk(source, _lstat(source).st_mode, mtree, pool, store, walk)
-                for parent, name, fut in walk.futures:
-                    parent.replace_file(name, fut.result())
-            except BaseException:
-                for _, _, fut in walk.futures:
-                    fut.cancel()
-                raise
+        try:
+            with ThreadPoolExecutor(nworkers, thread_name_prefix="treeship-write") as pool:
+                try:
+                    self._walk(source, _lstat(source).st_mode, mtree, pool, store, walk)
+                    for parent, name, fut in walk.futures:
+                        parent.replace_file(name, fut.result())
+                except BaseException:
+                    for _, _, fut in walk.futures:
+                        fut.cancel()
+                    raise
+        finally:
+            os.close(root)
         stats = TreeStats(files=walk.files, bytes=walk.bytes, dirs=walk.dirs, symlinks=walk.symlinks)
         return mtree, stats
 
@@ -412,30 +414,31 @@ def _open_as_seen(path: str, seen: os.stat_result, beneath: tuple[int, str] | No
 
 _OPENAT2 = 437  # the same on every architecture (added after the numbers were unified)
 _RESOLVE_NO_SYMLINKS, _RESOLVE_BENEATH = 0x04, 0x08
-_openat2_missing = False
+_openat2: list[Any] = []  # [syscall, its open_how argument] once looked up; [None] where there is none
 
 
 def _open_path_beneath(root: int, relpath: str, path: str) -> int | None:
     """``openat2(root, relpath, O_PATH|O_NOFOLLOW, RESOLVE_NO_SYMLINKS|RESOLVE_BENEATH)``: an
     O_PATH descriptor reached through no symlink; None where the kernel (or a seccomp
     filter) has no openat2 (Linux < 5.6). A symlink on the way is a SourceError."""
-    global _openat2_missing
-    if _openat2_missing:
-        return None
     import ctypes
 
-    class OpenHow(ctypes.Structure):
-        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+    if not _openat2:
+        class OpenHow(ctypes.Structure):
+            _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
-    how = OpenHow(os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH)
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.syscall(ctypes.c_long(_OPENAT2), ctypes.c_int(root), ctypes.c_char_p(os.fsencode(relpath)),
-                      ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+        how = OpenHow(os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH)
+        _openat2[:] = [ctypes.CDLL(None, use_errno=True).syscall, how]
+    syscall, how = _openat2
+    if syscall is None:
+        return None
+    fd = syscall(ctypes.c_long(_OPENAT2), ctypes.c_int(root), ctypes.c_char_p(os.fsencode(relpath)),
+                 ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
     if fd >= 0:
         return int(fd)
     err = ctypes.get_errno()
     if err in (errno.ENOSYS, errno.EPERM):
-        _openat2_missing = True
+        _openat2[:] = [None, None]
         return None
     if err == errno.ELOOP:
         raise SourceError(f"{path}: replaced by a symlink, or reached through one, while being released")
@@ -450,16 +453,6 @@ def _same_file(path: str, seen: os.stat_result, now: os.stat_result) -> None:
         raise SourceError(f"{path}: replaced by another file while being released")
     if (now.st_size, now.st_mtime_ns) != (seen.st_size, seen.st_mtime_ns):
         raise SourceError(f"{path}: changed while being released ({seen.st_size} bytes, now {now.st_size})")
-
-
-class _Fd:
-    """A descriptor to close (contextlib.closing)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 def _lstat(path: Path) -> os.stat_result:
