@@ -458,3 +458,19 @@ def test_broken_archive_is_refused(treeship, released, sample_tree, tmp_path, ki
     res = treeship("release", archive, "--repo", repo, "--branch", BRANCH, rc=3)
     assert_error_line(res, archive)
     assert_unchanged(repo, before)
+
+
+def test_a_directory_listed_again_is_made_once_and_keeps_its_listing(treeship, repo, tmp_path):
+    """A directory may be listed more than once (and after its contents, as `find -depth`
+    lists): made once, with the attributes of its listing (its parents' implicit making gives
+    it none); tarfile would keep a record per listing to the end (200,000 listings of one
+    directory in a 448 kB archive: 100 MB, 30 s)."""
+    archive = tmp_path / "relisted.tar"
+    with tarfile.open(archive, "w") as tf:
+        _add(tf, "etc/shadow", b"x", mode=0o600)  # etc made as a parent first
+        _add(tf, "etc", ftype=tarfile.DIRTYPE, mode=0o700)  # then listed
+        for _ in range(2000):
+            _add(tf, "d", ftype=tarfile.DIRTYPE, mode=0o750)
+    treeship("release", archive, "--repo", repo, "--branch", "relisted", "--keep-ownership")
+    assert _entry(repo, "relisted", "/etc")[0] == "d00700"
+    assert _entry(repo, "relisted", "/d")[0] == "d00750"

@@ -145,9 +145,10 @@ class _Members:
 
     def __init__(self, archive: Path) -> None:
         self.archive = archive
-        self.root: dict[str, list] = {}  # component -> [kind, its children (a directory's) or None]
+        self.root: dict[str, list] = {}  # component -> [kind, its children (a directory's) or None, listed]
 
-    def check(self, member: tarfile.TarInfo) -> None:
+    def check(self, member: tarfile.TarInfo) -> bool:
+        """SourceError if the member may not be made; False for a directory made already."""
         name = member.name
         try:
             name.encode()
@@ -169,8 +170,8 @@ class _Members:
         if not parts:  # the tree's root ("./")
             if kind != _DIR:
                 raise SourceError(f"{self.archive}: {name}: the root of the tree as {kind}")
-            return
-        before = self._made_as(name, parts)
+            return True
+        before, listed = self._made_as(name, parts)
         if before is not None and not (before == kind == _DIR):
             raise SourceError(f"{self.archive}: {name}: made twice, {before} and then {kind} (a release takes "
                               "each path once; a directory may be listed again)")
@@ -179,27 +180,38 @@ class _Members:
             if target is None or target == parts or self._kind_of(target) != _FILE:
                 raise SourceError(f"{self.archive}: {name}: hard link to {member.linkname!r}, which is not a "
                                   "regular file earlier in the archive")
+        if before is not None:  # (a directory, again: made once with the attributes it was first listed with)
+            if listed:
+                return False
+            self._entry(parts)[2] = True  # made before as a parent, listed now
+            return True
         children = self.root
         for comp in parts[:-1]:
-            children = children.setdefault(comp, [_DIR, {}])[1]
-        if before is None:
-            children[parts[-1]] = [kind, {} if kind == _DIR else None]
+            children = children.setdefault(comp, [_DIR, {}, False])[1]
+        children[parts[-1]] = [kind, {} if kind == _DIR else None, True]
+        return True
 
-    def _made_as(self, name: str, parts: tuple[str, ...]) -> str | None:
-        """What the archive made at ``parts`` (None: nothing yet); SourceError where a
-        component above it is not a directory."""
+    def _entry(self, parts: tuple[str, ...]) -> list:
+        children = self.root
+        for comp in parts[:-1]:
+            children = children[comp][1]
+        return children[parts[-1]]
+
+    def _made_as(self, name: str, parts: tuple[str, ...]) -> tuple[str | None, bool]:
+        """What the archive made at ``parts`` (None: nothing yet), and whether a member listed
+        it (not only as a parent); SourceError where a component above it is no directory."""
         children = self.root
         for i, comp in enumerate(parts):
             entry = children.get(comp)
             if entry is None:
-                return None
+                return None, False
             if i == len(parts) - 1:
-                return entry[0]
+                return entry[0], entry[2]
             if entry[0] != _DIR:
                 raise SourceError(f"{self.archive}: {name}: written through {entry[0]} the archive made, "
                                   f"{'/'.join(parts[:i + 1])!r}")
             children = entry[1]
-        return None
+        return None, False
 
     def _kind_of(self, parts: tuple[str, ...]) -> str | None:
         children: dict[str, list] = self.root
@@ -308,23 +320,20 @@ def _extract_stream(archive: Path, fileobj: IO[bytes], dest: Path, keep_ownershi
                           "owners; unpack it as root and release the directory, or leave --keep-ownership out")
     made = _Members(archive)
 
-    def member_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+    def member_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        # The member is extracted as given (modes are ours). tarfile's own filters are not
+        # asked: their one check _Members does not make, a path's realpath, is the CVE
+        # (and costs a lstat per component of every member: minutes for a small archive).
         if member.ischr() or member.isblk() or member.isfifo():
             raise SourceError(f"{archive}: {member.name}: device nodes and FIFOs cannot be released")
-        # The member is extracted as given (modes are ours), so what tar_filter would only
-        # rewrite must be refused here: an absolute name would be written outside ``path``,
-        # and a hard link is made to a file on *this* machine (it checks no link target).
-        made.check(member)
+        if not made.check(member):
+            return None  # a directory listed again: made once (tarfile would keep every listing to the end)
         if keep_ownership:
             xattrs = sorted(k.split(".", 2)[2] for k in member.pax_headers if k.startswith(_XATTR_KEYS))
             if xattrs:
                 raise SourceError(f"{archive}: {member.name}: --keep-ownership cannot keep extended attributes "
                                   f"({', '.join(xattrs)}) from an archive; unpack it as root with "
                                   "'tar --xattrs -xpf' and release the directory")
-        try:
-            tarfile.tar_filter(member, path)  # (also, where realpath works: the path stays inside)
-        except tarfile.FilterError as e:
-            raise SourceError(f"{archive}: {member.name}: {e}") from None
         member.pax_headers = {}  # read; a directory's record is kept to the end (its attributes are set last)
         return member
 
