@@ -7,6 +7,7 @@ import errno
 import os
 import stat
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,7 +35,9 @@ class TreeStats:
 class _Walk:
     """Mutable state of one parallel tree write."""
 
-    futures: list[tuple[Any, str, Future[str]]] = field(default_factory=list)
+    futures: list[tuple[Any, str, Future[str], int | None]] = field(default_factory=list)
+    # O_PATH descriptors handed to the workers and not yet closed: at most this many
+    slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(128))
     files: int = 0
     bytes: int = 0
     dirs: int = 0
@@ -180,20 +183,19 @@ class _Trees(_Core):
             self._dirmeta_cache[key] = csum
         return csum
 
-    def _write_file(self, path: str, fi: Gio.FileInfo, seen: os.stat_result,
-                    beneath: tuple[int, str] | None = None) -> str:
-        """Store one file of the tree. A regular file is opened as the file the walk saw
-        (``seen``, its lstat): never through a symlink, never a FIFO (opened without waiting),
-        the same inode and size; and it must not change while it is read. A tree that is
-        being rebuilt while it is released would otherwise give a signed release a file it
-        never held (a symlink's target outside the tree, read as a regular file) or an object
-        whose header and content disagree (it grew or shrank: ostree cannot check out).
-        ``beneath``: (the tree's root directory, ``path`` from it): where the kernel can (openat2),
-        no component of the path may be a symlink either — a directory swapped for one after
-        the walk looked would lead both the walk and this open elsewhere, to the same inode.
-        (With --keep-ownership libostree's own walk reads the tree, and none of this applies.)"""
+    def _write_file(self, path: str, fi: Gio.FileInfo, seen: os.stat_result, where: int | None = None) -> str:
+        """Store one file of the tree. A regular file is the one the walk looked at (``seen``,
+        its lstat): ``where``, an ``O_PATH`` descriptor the walk opened from its directory's
+        descriptor and checked (without it, ``path`` is opened, not following a symlink), is
+        read through /proc/self/fd — the same inode, whatever has happened to the path since —
+        and the file must not have changed once read. A tree being rebuilt while it is
+        released would otherwise give a signed release a file it never held (a symlink's
+        target, a file of this machine) or an object whose header and content disagree (it
+        grew or shrank: ostree cannot check out). (With --keep-ownership libostree's own walk
+        reads the tree, and none of this applies.)"""
         if fi.get_file_type() == Gio.FileType.REGULAR:
-            fd = _open_as_seen(path, seen, beneath)
+            fd = _reopen(where, path) if where is not None else \
+                _open_as_seen(None, path, path, seen, os.O_RDONLY | os.O_NONBLOCK)
             inp = Gio.UnixInputStream.new(fd, True)
             kept = -1
             try:
@@ -246,73 +248,94 @@ class _Trees(_Core):
         nworkers = workers or max(2, os.cpu_count() or 2)
         first_error: list[BaseException] = []
 
-        prefix = os.path.join(str(source), "")
-
-        def store(path: str, fi: Gio.FileInfo, seen: os.stat_result) -> str:
-            if first_error:
-                raise first_error[0]
+        def store(where: int | None, path: str, fi: Gio.FileInfo, seen: os.stat_result) -> str:
             try:
-                below = (root, path[len(prefix):]) if path.startswith(prefix) else None
-                csum = self._write_file(path, fi, seen, below)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-                err = _file_error(e, path, self.path)
-                if not first_error:
-                    first_error.append(err)
-                raise err from None
+                if first_error:
+                    raise first_error[0]
+                try:
+                    csum = self._write_file(path, fi, seen, where)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                    err = _file_error(e, path, self.path)
+                    if not first_error:
+                        first_error.append(err)
+                    raise err from None
+            finally:
+                if where is not None:
+                    os.close(where)
+                    walk.slots.release()
             if progress:
                 progress(1, seen.st_size if stat.S_ISREG(seen.st_mode) else 0)
             return csum
 
         try:
-            root = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # files are opened from here
+            root = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise SourceError(f"{source}: {e.strerror}") from None
         try:
             with ThreadPoolExecutor(nworkers, thread_name_prefix="treeship-write") as pool:
                 try:
-                    self._walk(source, _lstat(source).st_mode, mtree, pool, store, walk)
-                    for parent, name, fut in walk.futures:
+                    self._walk(root, str(source), os.fstat(root).st_mode, mtree, pool, store, walk)
+                    for parent, name, fut, _ in walk.futures:
                         parent.replace_file(name, fut.result())
                 except BaseException:
-                    for _, _, fut in walk.futures:
-                        fut.cancel()
+                    for _, _, fut, where in walk.futures:
+                        if fut.cancel() and where is not None:  # never run: its descriptor is ours to close
+                            os.close(where)
                     raise
         finally:
             os.close(root)
         stats = TreeStats(files=walk.files, bytes=walk.bytes, dirs=walk.dirs, symlinks=walk.symlinks)
         return mtree, stats
 
-    def _walk(self, directory: Path, mode: int, mtree: OSTree.MutableTree, pool: ThreadPoolExecutor,
-              store: Callable[[str, Gio.FileInfo, os.stat_result], str], walk: _Walk) -> None:
-        """``mode``: the directory's own, from the lstat its parent already made."""
+    def _walk(self, dir_fd: int, directory: str, mode: int, mtree: OSTree.MutableTree, pool: ThreadPoolExecutor,
+              store: Callable[[int | None, str, Gio.FileInfo, os.stat_result], str], walk: _Walk) -> None:
+        """One directory, read through its descriptor: entries looked at with ``dir_fd``,
+        subdirectories opened from it without following a symlink and checked to be what
+        was looked at, files handed to the workers as ``O_PATH`` descriptors. Nothing goes
+        by path, so a directory swapped for a symlink while the tree is released (to one of
+        this machine's) cannot lead the walk there. ``mode``: the directory's own."""
         mtree.set_metadata_checksum(self._dirmeta(0, 0, canonical_mode(mode)))
         walk.dirs += 1
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            names = sorted(os.listdir(dir_fd))
         except OSError as e:
             raise SourceError(f"{directory}: cannot read directory: {e.strerror}") from None
-        for entry in entries:
-            _utf8_name(entry.path)
-            est = _lstat(Path(entry.path))
+        for name in names:
+            path = f"{directory}/{name}"
+            _utf8_name(path)
+            try:
+                est = os.lstat(name, dir_fd=dir_fd)
+            except OSError as e:
+                raise SourceError(f"{path}: {e.strerror}") from None
             mode = est.st_mode
             if stat.S_ISDIR(mode):
-                _, sub = mtree.ensure_dir(entry.name)
-                self._walk(Path(entry.path), mode, sub, pool, store, walk)
+                sub_fd = _open_as_seen(dir_fd, name, path, est, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    _, sub = mtree.ensure_dir(name)
+                    self._walk(sub_fd, path, mode, sub, pool, store, walk)
+                finally:
+                    os.close(sub_fd)
             elif stat.S_ISREG(mode):
                 fi = _file_info(canonical_mode(mode), 0, 0, est.st_size)
                 walk.files += 1
                 walk.bytes += est.st_size
-                walk.futures.append((mtree, entry.name, pool.submit(store, entry.path, fi, est)))
+                walk.slots.acquire()  # descriptors held for the workers: bounded
+                try:
+                    where = _open_as_seen(dir_fd, name, path, est, os.O_PATH)
+                except BaseException:
+                    walk.slots.release()
+                    raise
+                walk.futures.append((mtree, name, pool.submit(store, where, path, fi, est), where))
             elif stat.S_ISLNK(mode):
                 try:
-                    target = os.readlink(entry.path)
+                    target = os.readlink(name, dir_fd=dir_fd)
                 except OSError as e:
-                    raise SourceError(f"{entry.path}: cannot read symlink: {e.strerror}") from None
+                    raise SourceError(f"{path}: cannot read symlink: {e.strerror}") from None
                 fi = _file_info(stat.S_IFLNK | 0o777, 0, 0, 0, target)
                 walk.symlinks += 1
-                walk.futures.append((mtree, entry.name, pool.submit(store, entry.path, fi, est)))
+                walk.futures.append((mtree, name, pool.submit(store, None, path, fi, est), None))
             else:
-                raise SourceError(f"{entry.path}: {_kind(mode)}; a release holds only files, directories and symlinks")
+                raise SourceError(f"{path}: {_kind(mode)}; a release holds only files, directories and symlinks")
 
     def _write_tree_libostree(self, source: Path,
                               progress: FileProgress | None) -> tuple[OSTree.MutableTree, TreeStats]:
@@ -384,65 +407,39 @@ class _Trees(_Core):
         return csum
 
 
-def _open_as_seen(path: str, seen: os.stat_result, beneath: tuple[int, str] | None = None) -> int:
-    """The file at ``path`` opened for reading, if it is still the regular file ``seen``.
-
-    Looked at before it is opened for reading (``O_PATH``, not following a symlink: that
-    neither waits on a FIFO nor breaks a lease; with ``beneath``, through no symlink at all),
-    then opened through its descriptor, so the inode checked is the inode read. Without
-    /proc: opened directly, without following a symlink or waiting (a file under a write
-    lease then fails at once).
-    """
-    where = _open_path_beneath(*beneath, path) if beneath else None
-    if where is None:
-        where = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _open_as_seen(dir_fd: int | None, name: str, path: str, seen: os.stat_result, flags: int) -> int:
+    """``name`` opened from ``dir_fd`` (None: ``path`` as it is) with ``flags``, not following a
+    symlink and not waiting (a FIFO), if it is still what ``seen`` (its lstat) was: the same
+    type and inode (a regular file: also its size and time). SourceError otherwise."""
     try:
-        _same_file(path, seen, os.fstat(where))
-        try:
-            return os.open(f"/proc/self/fd/{where}", os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:  # no /proc
-            pass
-    finally:
-        os.close(where)
-    try:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(name if dir_fd is not None else path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=dir_fd)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise SourceError(f"{path}: replaced by a symlink while being released") from None
+        if e.errno == errno.ENOTDIR:
+            raise SourceError(f"{path}: replaced while being released") from None
+        raise SourceError(f"{path}: {e.strerror}") from None
+    try:
+        now = os.fstat(fd)
+        if stat.S_ISDIR(seen.st_mode):
+            if not stat.S_ISDIR(now.st_mode) or (now.st_dev, now.st_ino) != (seen.st_dev, seen.st_ino):
+                raise SourceError(f"{path}: replaced while being released")
+        else:
+            _same_file(path, seen, now)
+    except BaseException:
+        os.close(fd)
         raise
+    return fd
 
 
-_OPENAT2 = 437  # the same on every architecture (added after the numbers were unified)
-_RESOLVE_NO_SYMLINKS, _RESOLVE_BENEATH = 0x04, 0x08
-_openat2: list[Any] = []  # [syscall, its open_how argument] once looked up; [None] where there is none
-
-
-def _open_path_beneath(root: int, relpath: str, path: str) -> int | None:
-    """``openat2(root, relpath, O_PATH|O_NOFOLLOW, RESOLVE_NO_SYMLINKS|RESOLVE_BENEATH)``: an
-    O_PATH descriptor reached through no symlink; None where the kernel (or a seccomp
-    filter) has no openat2 (Linux < 5.6). A symlink on the way is a SourceError."""
-    import ctypes
-
-    if not _openat2:
-        class OpenHow(ctypes.Structure):
-            _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-        how = OpenHow(os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH)
-        _openat2[:] = [ctypes.CDLL(None, use_errno=True).syscall, how]
-    syscall, how = _openat2
-    if syscall is None:
-        return None
-    fd = syscall(ctypes.c_long(_OPENAT2), ctypes.c_int(root), ctypes.c_char_p(os.fsencode(relpath)),
-                 ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
-    if fd >= 0:
-        return int(fd)
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EPERM):
-        _openat2[:] = [None, None]
-        return None
-    if err == errno.ELOOP:
-        raise SourceError(f"{path}: replaced by a symlink, or reached through one, while being released")
-    raise OSError(err, os.strerror(err), path)
+def _reopen(where: int, path: str) -> int:
+    """The file an ``O_PATH`` descriptor holds, opened for reading (through /proc/self/fd:
+    the same inode, not a path looked up again)."""
+    try:
+        return os.open(f"/proc/self/fd/{where}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SourceError(f"{path}: {e.strerror} (reading it through /proc/self/fd)") from None
 
 
 def _same_file(path: str, seen: os.stat_result, now: os.stat_result) -> None:
