@@ -554,3 +554,46 @@ def test_a_tree_too_deep_to_walk_is_one_line_and_exit_3(treeship, tmp_path):
         # removed here, by rm (no recursion limit): shutil.rmtree, with which pytest clears
         # old temporary directories in a later session, would fail on it
         subprocess.run(["rm", "-rf", deep], check=True)
+
+
+def test_a_deep_tree_needs_no_more_than_the_hard_limit_on_open_files(tmp_path):
+    """The walk holds a descriptor per directory level and up to 128 files': under a soft
+    limit of 1024 (a common default) a tree 900 deep ran out ("Too many open files" blamed on
+    an innocent file, or GLib aborting). The walk raises the soft limit to the hard one; where
+    the hard one is that low too, it says so."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    code = """
+import os, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+from treeship.errors import SourceError
+from treeship.repo import Repo
+tmp = Path(sys.argv[1])
+(tmp / "tree").mkdir()
+fd = os.open(tmp / "tree", os.O_RDONLY)
+for _ in range(900):
+    os.mkdir("d", dir_fd=fd)
+    fd, parent = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+    os.close(parent)
+for i in range(200):
+    os.close(os.open(f"f{i}", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+os.close(fd)
+repo = Repo.create(tmp / "repo", "archive")
+try:
+    with repo.transaction():
+        repo.write_tree(tmp / "tree")
+    print("released")
+except SourceError as e:
+    print(e.message)
+"""
+    try:
+        p = subprocess.run([sys.executable, "-c", code, tmp_path], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        if hard == resource.RLIM_INFINITY or hard >= 1300:
+            assert p.stdout == "released\n", p.stdout
+        else:
+            assert "too many open files for a tree this deep" in p.stdout, p.stdout
+    finally:
+        subprocess.run(["rm", "-rf", tmp_path / "tree"], check=True)  # (shutil.rmtree would recurse too deep)

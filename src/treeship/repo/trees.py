@@ -3,6 +3,7 @@ added to it, the tree and its commit written; two commits' trees compared."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -267,6 +268,7 @@ class _Trees(_Core):
                 progress(1, seen.st_size if stat.S_ISREG(seen.st_mode) else 0)
             return csum
 
+        _more_descriptors()
         try:
             root = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
@@ -407,6 +409,17 @@ class _Trees(_Core):
         return csum
 
 
+def _more_descriptors() -> None:
+    """The walk holds a descriptor per directory level (up to ~950) and up to 128 files':
+    the soft limit on open files (often 1024) raised to the hard one, as far as it goes."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
+
+
 def _open_as_seen(dir_fd: int | None, name: str, path: str, seen: os.stat_result, flags: int) -> int:
     """``name`` opened from ``dir_fd`` (None: ``path`` as it is) with ``flags``, not following a
     symlink and not waiting (a FIFO), if it is still what ``seen`` (its lstat) was: the same
@@ -419,6 +432,9 @@ def _open_as_seen(dir_fd: int | None, name: str, path: str, seen: os.stat_result
             raise SourceError(f"{path}: replaced by a symlink while being released") from None
         if e.errno == errno.ENOTDIR:
             raise SourceError(f"{path}: replaced while being released") from None
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            raise SourceError(f"{path}: too many open files for a tree this deep (a descriptor per level: "
+                              "raise the limit, ulimit -n)") from None
         raise SourceError(f"{path}: {e.strerror}") from None
     try:
         now = os.fstat(fd)
