@@ -151,11 +151,10 @@ class _Members:
         """SourceError if the member may not be made; False for a directory made already."""
         name = member.name
         try:
-            name.encode()
-            member.linkname.encode()
+            longest = max(len(name.encode()), len(member.linkname.encode()))
         except UnicodeEncodeError:  # tarfile keeps undecodable bytes as surrogates
             raise SourceError(f"{self.archive}: {name}: the name is not UTF-8 (OSTree stores names as UTF-8)") from None
-        if len(name.encode()) > MAX_NAME or len(member.linkname.encode()) > MAX_NAME:
+        if longest > MAX_NAME:
             raise SourceError(f"{self.archive}: {name[:200]}...: a name or link target over {MAX_NAME} bytes")
         parts = _parts(name)
         if parts is None:
@@ -171,19 +170,24 @@ class _Members:
             if kind != _DIR:
                 raise SourceError(f"{self.archive}: {name}: the root of the tree as {kind}")
             return True
-        before, listed = self._made_as(name, parts)
+        entry, above = self._find(parts)
+        if above is not None:
+            raise SourceError(f"{self.archive}: {name}: written through {above[0]} the archive made, "
+                              f"{'/'.join(parts[:above[1]])!r}")
+        before = entry[0] if entry else None
         if before is not None and not (before == kind == _DIR):
             raise SourceError(f"{self.archive}: {name}: made twice, {before} and then {kind} (a release takes "
                               "each path once; a directory may be listed again)")
         if member.islnk():
             target = _parts(member.linkname)
-            if target is None or target == parts or self._kind_of(target) != _FILE:
+            found, through = self._find(target) if target else (None, None)
+            if target is None or target == parts or through is not None or not found or found[0] != _FILE:
                 raise SourceError(f"{self.archive}: {name}: hard link to {member.linkname!r}, which is not a "
                                   "regular file earlier in the archive")
-        if before is not None:  # (a directory, again: made once with the attributes it was first listed with)
-            if listed:
+        if entry is not None:  # (a directory, again: made once with the attributes it was first listed with)
+            if entry[2]:
                 return False
-            self._entry(parts)[2] = True  # made before as a parent, listed now
+            entry[2] = True  # made before as a parent, listed now
             return True
         children = self.root
         for comp in parts[:-1]:
@@ -191,38 +195,18 @@ class _Members:
         children[parts[-1]] = [kind, {} if kind == _DIR else None, True]
         return True
 
-    def _entry(self, parts: tuple[str, ...]) -> list:
-        children = self.root
-        for comp in parts[:-1]:
-            children = children[comp][1]
-        return children[parts[-1]]
-
-    def _made_as(self, name: str, parts: tuple[str, ...]) -> tuple[str | None, bool]:
-        """What the archive made at ``parts`` (None: nothing yet), and whether a member listed
-        it (not only as a parent); SourceError where a component above it is no directory."""
+    def _find(self, parts: tuple[str, ...]) -> tuple[list | None, tuple[str, int] | None]:
+        """The entry the archive made at ``parts`` (None: nothing yet); or, where a component
+        above it is no directory, what it is and how many components lead to it."""
         children = self.root
         for i, comp in enumerate(parts):
             entry = children.get(comp)
-            if entry is None:
-                return None, False
-            if i == len(parts) - 1:
-                return entry[0], entry[2]
+            if entry is None or i == len(parts) - 1:
+                return entry, None
             if entry[0] != _DIR:
-                raise SourceError(f"{self.archive}: {name}: written through {entry[0]} the archive made, "
-                                  f"{'/'.join(parts[:i + 1])!r}")
+                return None, (entry[0], i + 1)
             children = entry[1]
-        return None, False
-
-    def _kind_of(self, parts: tuple[str, ...]) -> str | None:
-        children: dict[str, list] = self.root
-        for i, comp in enumerate(parts):
-            entry = children.get(comp)
-            if entry is None or (i < len(parts) - 1 and entry[0] != _DIR):
-                return None
-            if i == len(parts) - 1:
-                return entry[0]
-            children = entry[1]
-        return None
+        return None, None
 
 
 # Long names, long link targets and pax headers are read whole into memory by tarfile, and

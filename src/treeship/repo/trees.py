@@ -201,11 +201,9 @@ class _Trees(_Core):
             kept = -1
             try:
                 kept = os.dup(fd)  # the write closes the stream: this stays, to be looked at after
-                before = os.fstat(kept)
-                _same_file(path, seen, before)
                 _, stream, length = OSTree.raw_file_to_content_stream(inp, fi, None, None)
                 _, raw = self._repo.write_content(None, stream, length, None)
-                _same_file(path, before, os.fstat(kept))
+                _same_file(path, seen, os.fstat(kept))  # (checked against seen when opened, too)
             finally:
                 inp.close(None)
                 if kept >= 0:
