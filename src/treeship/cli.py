@@ -21,11 +21,11 @@ from . import __version__
 from .errors import (
     EXIT_CODES,
     ProvenanceError,
-    StorageError,
     TreeshipError,
     UsageError,
     VerificationError,
     failure_message,
+    output_failed,
     report,
     say,
 )
@@ -713,8 +713,7 @@ def main(argv: list[str] | None = None) -> None:
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if _writing_output(e):
             # Printing a failure's own result (a rejected push's refs) keeps that failure.
-            e = e.__context__ if isinstance(e.__context__, TreeshipError) else \
-                StorageError(f"cannot write the output: {e.strerror or e}")
+            e = e.__context__ if isinstance(e.__context__, TreeshipError) else output_failed(e)  # (an OSError)
         code = report(e)
         _json_failure(code, failure_message(e))
         sys.exit(code)

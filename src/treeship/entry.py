@@ -179,9 +179,9 @@ def _leave(code: int) -> None:
                 stream.flush()
         except OSError as e:
             if code == 0 and stream is sys.stdout and not isinstance(e, BrokenPipeError):
-                from .errors import StorageError, report
+                from .errors import output_failed, report
 
-                code = report(StorageError(f"cannot write the output: {e.strerror or e}"))
+                code = report(output_failed(e))
         except ValueError:  # closed
             pass
     os._exit(code)

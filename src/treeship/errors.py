@@ -82,6 +82,12 @@ class PushRejected(TreeshipError):
         self.result = result
 
 
+def output_failed(e: OSError) -> StorageError:
+    """What stdout refusing the output (a full disk, ``> /dev/full``) is said as: the CLI's
+    and the process's last flush's words alike."""
+    return StorageError(f"cannot write the output: {e.strerror or e}")
+
+
 class TransferError(TreeshipError):
     """The push could not complete: connection lost, protocol error, remote failure."""
 
